@@ -1,0 +1,136 @@
+"""Short, differentiable samplers: DDIM and ancestral DDPM over a timestep subset (paper Fig. 2).
+
+Plain functions with no hidden state and no ``no_grad`` inside, so the same code samples and is
+differentiated through (MMD-DDM backpropagates the loss through the whole chain). Noise comes from
+``generator``: ``None`` (torch's global RNG), one ``torch.Generator`` for the batch, or a list with one
+generator per sample, which makes every sample independent of how the batch is split.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, Union
+
+import torch
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from .errors import MMDLibError
+from .schedules import check_timesteps
+
+Generator = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One seeded generator per sample, so results do not depend on batch size."""
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def randn(shape: Sequence[int], generator: Generator = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape`` drawn from ``generator`` (see module docstring)."""
+    shape = tuple(shape)
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    if len(generator) != shape[0]:
+        raise MMDLibError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per sample.")
+    return torch.stack(
+        [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
+    ).to(device)
+
+
+def noise(seeds: Sequence[int], shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """x_T for the given per-sample seeds: sample i depends on seeds[i] only. ``shape`` is [C, H, W]."""
+    return randn((len(seeds), *shape), generators(seeds), device=device, dtype=dtype)
+
+
+def predict_eps(model: Callable, x: torch.Tensor, t: int) -> torch.Tensor:
+    """eps_theta(x_t, t) from a diffusers UNet2DModel or any (x, t) -> eps callable."""
+    out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+    out = getattr(out, "sample", out)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    # Models with a learned variance output 2C channels; the first C are eps.
+    return out[:, : x.shape[1]]
+
+
+def _check(noise_: torch.Tensor, timesteps, alphas_cumprod: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    if not torch.is_tensor(noise_) or noise_.dim() < 2:
+        raise MMDLibError(f"noise must be a tensor [N, ...] with a batch dimension, got {type(noise_).__name__} "
+                          f"of shape {tuple(getattr(noise_, 'shape', ()))}.")
+    ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
+    if ac.dim() != 1 or not ((ac > 0) & (ac <= 1)).all():
+        raise MMDLibError("alphas_cumprod must be a 1-D tensor with values in (0, 1].")
+    return check_timesteps(timesteps, len(ac)), ac
+
+
+def _chain(step: Callable, noise_: torch.Tensor, steps: list[int], ac: torch.Tensor, sigma_fn: Callable,
+           checkpoint: bool, generator: Generator) -> torch.Tensor:
+    """Run x_T -> x_0 over ``steps`` (descending), with per-step noise drawn outside the checkpoint."""
+    x = noise_
+    prev = [-1] + steps[:-1]
+    for t, s in zip(reversed(steps), reversed(prev)):
+        a_t, a_s = float(ac[t]), (float(ac[s]) if s >= 0 else 1.0)  # alpha_bar_{-1} = 1 (set_alpha_to_one)
+        sigma = sigma_fn(a_t, a_s)
+        z = randn(x.shape, generator, device=x.device, dtype=x.dtype) if sigma > 0 else None
+        if checkpoint and torch.is_grad_enabled():
+            x = _checkpoint(step, x, t, a_t, a_s, sigma, z, use_reentrant=False)
+        else:
+            x = step(x, t, a_t, a_s, sigma, z)
+    return x
+
+
+def ddim_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
+                eta: float = 0.0, checkpoint: bool = False, generator: Generator = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) from x_T = ``noise`` over ascending ``timesteps``; returns x_0 in [-1, 1] space."""
+    steps, ac = _check(noise, timesteps, alphas_cumprod)
+    if not eta >= 0:
+        raise MMDLibError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta!r}.")
+
+    def sigma_fn(a_t: float, a_s: float) -> float:
+        # sigma_t(eta), DDIM eq. (16)
+        return eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+
+    def step(x, t, a_t, a_s, sigma, z):
+        eps = predict_eps(model, x, t)
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)  # predicted x_0, DDIM eq. (9)
+        x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps  # DDIM eq. (12)
+        return x if z is None else x + sigma * z
+
+    return _chain(step, noise, steps, ac, sigma_fn, checkpoint, generator)
+
+
+def ddpm_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
+                checkpoint: bool = False, generator: Generator = None, variance: str = "small") -> torch.Tensor:
+    """Ancestral DDPM (paper eqs. 3-4, Table 9) over the subset, with beta_t = 1 - alpha_bar_t / alpha_bar_s.
+
+    ``variance="small"`` is the posterior variance beta~_t = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta_t
+    (DDPM's "fixed small", equal to DDIM with eta = 1); ``"large"`` is beta_t, as in the DDIM code's
+    ``ddpm_steps``. No x_0 clipping, so the chain stays differentiable.
+    """
+    steps, ac = _check(noise, timesteps, alphas_cumprod)
+    if variance not in ("small", "large"):
+        raise MMDLibError(f"unknown DDPM variance {variance!r}; known: small, large.")
+
+    def sigma_fn(a_t: float, a_s: float) -> float:
+        if a_s == 1.0:  # last step: x_0 is returned without noise
+            return 0.0
+        beta = 1 - a_t / a_s
+        return math.sqrt(beta * (1 - a_s) / (1 - a_t) if variance == "small" else beta)
+
+    def step(x, t, a_t, a_s, sigma, z):
+        eps = predict_eps(model, x, t)
+        beta = 1 - a_t / a_s
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        # posterior mean mu~_t(x_t, x_0), DDPM eq. (7)
+        x = (math.sqrt(a_s) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x
+        return x if z is None else x + sigma * z
+
+    return _chain(step, noise, steps, ac, sigma_fn, checkpoint, generator)
+
+
+def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of two latents x_T (paper eq. 8)."""
+    a, b = x0.flatten(), x1.flatten()
+    theta = torch.arccos(torch.clamp(a @ b / (a.norm() * b.norm()), -1.0, 1.0))
+    alpha = torch.as_tensor(alpha, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * x0.dim()))
+    return (torch.sin((1 - alpha) * theta) * x0 + torch.sin(alpha * theta) * x1) / torch.sin(theta)

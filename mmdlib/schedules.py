@@ -1,0 +1,62 @@
+"""Noise schedules and timestep subsets (paper Sec. II, eqs. 1-2; DDIM Sec. 4.2)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import MMDLibError
+
+
+def linear_betas(T: int = 1000, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    """DDPM's linear beta_t of eq. (2), float64 [T]."""
+    if int(T) != T or T < 1:
+        raise MMDLibError(f"T must be a positive integer, got {T!r}.")
+    if not 0 < start <= end < 1:
+        raise MMDLibError(f"need 0 < start <= end < 1 for the betas, got start={start!r}, end={end!r}.")
+    return torch.linspace(start, end, int(T), dtype=torch.float64)
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s): the marginal q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t)."""
+    return torch.cumprod(1.0 - betas.double(), dim=0)
+
+
+def _linear(budget: int, T: int) -> list[int]:
+    # DDIM "uniform" (range(0, T, T // budget)), cut to `budget` entries: when budget does not divide T
+    # the DDIM code takes one step more (budget 15 -> 16 steps); this always equals diffusers' "leading".
+    return list(range(0, T, T // budget))[:budget]
+
+
+def _quadratic(budget: int, T: int) -> list[int]:
+    # DDIM "quad": tau_i = floor(c i^2) with c chosen so tau reaches 0.8 T.
+    return [int(s) for s in np.linspace(0, np.sqrt(0.8 * T), budget) ** 2]
+
+
+SUBSETS = {"linear": _linear, "quadratic": _quadratic}
+
+
+def timestep_subset(budget: int, T: int = 1000, kind: str = "linear") -> list[int]:
+    """The |tau| = budget timesteps a short sampler visits, ascending (paper Sec. IV-G, Table 8)."""
+    if kind not in SUBSETS:
+        raise MMDLibError(f"unknown timestep subset kind {kind!r}; known kinds: {', '.join(SUBSETS)}.")
+    if isinstance(budget, bool) or int(budget) != budget or not 1 <= budget <= T:
+        raise MMDLibError(f"budget must be an integer in 1..T={T}, got {budget!r}.")
+    steps = SUBSETS[kind](int(budget), int(T))
+    if len(set(steps)) != len(steps):
+        raise MMDLibError(
+            f"the {kind} subset of {budget} steps out of T={T} repeats timesteps ({steps[:6]}...); "
+            f"use a smaller budget or kind='linear'."
+        )
+    return steps
+
+
+def check_timesteps(timesteps, T: int) -> list[int]:
+    """Validate a subset: integers, strictly ascending, inside 0..T-1."""
+    steps = [int(t) for t in (timesteps.tolist() if torch.is_tensor(timesteps) else timesteps)]
+    if not steps:
+        raise MMDLibError("timesteps is empty; pass at least one timestep, e.g. timestep_subset(5).")
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise MMDLibError(f"timesteps must be strictly ascending, got {steps}.")
+    if steps[0] < 0 or steps[-1] >= T:
+        raise MMDLibError(f"timesteps must lie in 0..{T - 1} (T={T} from alphas_cumprod), got {steps}.")
+    return steps

@@ -1,0 +1,161 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+import mmdlib
+
+T = 1000
+
+
+def ddim_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", set_alpha_to_one=True, clip_sample=False,
+                         timestep_spacing="leading", steps_offset=0)
+
+
+@pytest.mark.parametrize("budget", [1, 5, 20])
+def test_ddim_eta0_equals_diffusers_scheduler(tiny_unet, budget):
+    sched = ddim_scheduler()
+    sched.set_timesteps(budget)
+    x_T = mmdlib.noise(range(4), (3, 8, 8))
+    with torch.no_grad():
+        got = mmdlib.ddim_sample(tiny_unet, x_T, mmdlib.timestep_subset(budget, T), sched.alphas_cumprod)
+        x = x_T
+        for t in sched.timesteps:
+            x = sched.step(tiny_unet(x, t).sample, t, x, eta=0.0).prev_sample
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_eta_positive_equals_diffusers_with_injected_noise(tiny_unet):
+    sched = ddim_scheduler()
+    sched.set_timesteps(5)
+    x_T = mmdlib.noise(range(3), (3, 8, 8))
+    with torch.no_grad():
+        got = mmdlib.ddim_sample(tiny_unet, x_T, mmdlib.timestep_subset(5), sched.alphas_cumprod, eta=0.7,
+                                 generator=torch.Generator().manual_seed(9))
+        g, x = torch.Generator().manual_seed(9), x_T
+        for i, t in enumerate(sched.timesteps):
+            z = torch.randn(x.shape, generator=g) if i < len(sched.timesteps) - 1 else None
+            x = sched.step(tiny_unet(x, t).sample, t, x, eta=0.7, variance_noise=z).prev_sample
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5)
+
+
+def test_ddpm_small_equals_diffusers_ddpm_scheduler(tiny_unet):
+    steps = mmdlib.timestep_subset(5)
+    sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", variance_type="fixed_small",
+                          clip_sample=False)
+    sched.set_timesteps(timesteps=steps[::-1])
+    x_T = mmdlib.noise(range(3), (3, 8, 8))
+    with torch.no_grad():
+        got = mmdlib.ddpm_sample(tiny_unet, x_T, steps, sched.alphas_cumprod,
+                                 generator=torch.Generator().manual_seed(5))
+        g, x = torch.Generator().manual_seed(5), x_T
+        for t in sched.timesteps:
+            x = sched.step(tiny_unet(x, t).sample, t, x, generator=g).prev_sample
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_equals_numpy_reference_with_injected_noise(variance):
+    # A fixed linear "model" so the numpy reference needs no network: eps(x, t) = 0.3 x + 0.001 t.
+    def model(x, t):
+        return 0.3 * x + 0.001 * t.to(x.dtype).view(-1, 1, 1, 1)
+
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas(T))
+    steps = mmdlib.timestep_subset(10, T, "quadratic")
+    x_T = mmdlib.noise(range(2), (1, 4, 4), dtype=torch.float64)
+    got = mmdlib.ddpm_sample(model, x_T, steps, ac, variance=variance, generator=torch.Generator().manual_seed(1))
+
+    a = ac.numpy()
+    g, x = torch.Generator().manual_seed(1), x_T.numpy()
+    for k in reversed(range(len(steps))):
+        t, s = steps[k], (steps[k - 1] if k > 0 else None)
+        a_t, a_s = a[t], (a[s] if s is not None else 1.0)
+        beta = 1 - a_t / a_s
+        eps = 0.3 * x + 0.001 * t
+        x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+        mean = np.sqrt(a_s) * beta / (1 - a_t) * x0 + np.sqrt(1 - beta) * (1 - a_s) / (1 - a_t) * x
+        var = beta * (1 - a_s) / (1 - a_t) if variance == "small" else beta
+        x = mean if s is None else mean + np.sqrt(var) * torch.randn(x.shape, generator=g, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(got.numpy(), x, rtol=1e-10, atol=1e-10)
+
+
+def _grads(model, sampler, checkpoint, **kw):
+    model.zero_grad()
+    x_T = mmdlib.noise(range(3), (3, 8, 8)).requires_grad_()
+    out = sampler(model, x_T, mmdlib.timestep_subset(4), mmdlib.alphas_cumprod(mmdlib.linear_betas()),
+                  checkpoint=checkpoint, generator=mmdlib.generators([7, 8, 9]), **kw)
+    (out.square().mean() + out.mean()).backward()
+    return out.detach(), x_T.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("sampler,kw", [(mmdlib.ddim_sample, {}), (mmdlib.ddim_sample, {"eta": 1.0}),
+                                        (mmdlib.ddpm_sample, {})])
+def test_checkpoint_gives_same_gradients(tiny_unet, sampler, kw):
+    out0, gx0, gp0 = _grads(tiny_unet, sampler, False, **kw)
+    out1, gx1, gp1 = _grads(tiny_unet, sampler, True, **kw)
+    torch.testing.assert_close(out1, out0)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-6)
+    assert gx0.abs().sum() > 0 and len(gp0) == len(list(tiny_unet.parameters()))
+    for n in gp0:
+        torch.testing.assert_close(gp1[n], gp0[n], rtol=1e-5, atol=1e-6, msg=n)
+    assert sum(g.abs().sum() for g in gp0.values()) > 0
+
+
+@pytest.mark.parametrize("sampler,kw", [(mmdlib.ddim_sample, {"eta": 0.5}), (mmdlib.ddpm_sample, {})])
+def test_same_samples_whatever_the_batch_split(tiny_unet, sampler, kw):
+    ac, steps, seeds = mmdlib.alphas_cumprod(mmdlib.linear_betas()), mmdlib.timestep_subset(5), list(range(100, 108))
+    with torch.no_grad():
+        whole = sampler(tiny_unet, mmdlib.noise(seeds, (3, 8, 8)), steps, ac, generator=mmdlib.generators(seeds), **kw)
+        parts = [sampler(tiny_unet, mmdlib.noise(s, (3, 8, 8)), steps, ac, generator=mmdlib.generators(s), **kw)
+                 for s in (seeds[:4], seeds[4:])]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(whole[0], whole[1])
+
+
+def test_any_callable_model_and_learned_variance_output():
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    x_T = mmdlib.noise([0, 1], (3, 4, 4))
+    plain = mmdlib.ddim_sample(lambda x, t: 0.5 * x, x_T, [0, 500], ac)
+    two_c = mmdlib.ddim_sample(lambda x, t: torch.cat([0.5 * x, 100 + x], 1), x_T, [0, 500], ac)
+    torch.testing.assert_close(plain, two_c)
+
+
+@pytest.mark.parametrize("timesteps,msg", [([0, 400, 200], "strictly ascending, got \\[0, 400, 200\\]"),
+                                           ([0, 0, 5], "strictly ascending"),
+                                           ([0, 500, 1000], "must lie in 0..999 .* got \\[0, 500, 1000\\]"),
+                                           ([-1, 5], "must lie in 0..999"),
+                                           ([], "timesteps is empty")])
+def test_bad_timesteps(timesteps, msg):
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    for sampler in (mmdlib.ddim_sample, mmdlib.ddpm_sample):
+        with pytest.raises(mmdlib.MMDLibError, match=msg):
+            sampler(lambda x, t: x, torch.randn(2, 1, 2, 2), timesteps, ac)
+
+
+def test_bad_noise_generators_eta_variance():
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    with pytest.raises(mmdlib.MMDLibError, match="noise must be a tensor"):
+        mmdlib.ddim_sample(lambda x, t: x, torch.randn(5), [0], ac)
+    with pytest.raises(mmdlib.MMDLibError, match="got 2 generators for a batch of 3"):
+        mmdlib.ddim_sample(lambda x, t: x, torch.randn(3, 1, 2, 2), [0, 10], ac, eta=1.0,
+                           generator=mmdlib.generators([1, 2]))
+    with pytest.raises(mmdlib.MMDLibError, match="eta must be >= 0"):
+        mmdlib.ddim_sample(lambda x, t: x, torch.randn(3, 1, 2, 2), [0], ac, eta=-0.1)
+    with pytest.raises(mmdlib.MMDLibError, match="unknown DDPM variance 'medium'"):
+        mmdlib.ddpm_sample(lambda x, t: x, torch.randn(3, 1, 2, 2), [0], ac, variance="medium")
+
+
+def test_slerp_against_numpy():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    got = mmdlib.slerp(a, b, torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64))
+    an, bn = a.numpy().ravel(), b.numpy().ravel()
+    th = math.acos(an @ bn / np.linalg.norm(an) / np.linalg.norm(bn))
+    ref = (math.sin(0.7 * th) * an + math.sin(0.3 * th) * bn) / math.sin(th)
+    np.testing.assert_allclose(got[1].numpy().ravel(), ref, rtol=1e-10)
+    torch.testing.assert_close(got[0], a)
+    torch.testing.assert_close(got[2], b)
