@@ -4,15 +4,20 @@ Finetune a pretrained diffusion model for a fixed, small budget of sampling step
 unbiased MMD^2 between perceptual features of generated and real images, backpropagating through the
 short sampling chain.
 """
+from .data import DATASETS, digits_dataset, get_dataset
 from .errors import MMDLibError
+from .features import FEATURES, FeatureExtractor, get_feature_extractor, to_unit
 from .mmd import KERNELS, cubic_kernel, get_kernel, linear_kernel, mmd2_unbiased, rbf_kernel
+from .models import MODELS, LoadedModel, load_model, save_pipeline
 from .sampling import ddim_sample, ddpm_sample, generators, noise, predict_eps, randn, slerp
 from .schedules import SUBSETS, alphas_cumprod, linear_betas, timestep_subset
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "KERNELS", "MMDLibError", "SUBSETS", "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample",
-    "generators", "get_kernel", "linear_betas", "linear_kernel", "mmd2_unbiased", "noise", "predict_eps",
-    "randn", "rbf_kernel", "slerp", "timestep_subset",
+    "DATASETS", "FEATURES", "FeatureExtractor", "KERNELS", "LoadedModel", "MMDLibError", "MODELS", "SUBSETS",
+    "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample", "digits_dataset", "generators",
+    "get_dataset", "get_feature_extractor", "get_kernel", "linear_betas", "linear_kernel", "load_model",
+    "mmd2_unbiased", "noise", "predict_eps", "randn", "rbf_kernel", "save_pipeline", "slerp", "timestep_subset",
+    "to_unit",
 ]

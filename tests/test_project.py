@@ -26,5 +26,6 @@ def test_readme_opens_with_the_two_commands():
 def test_public_api_contract_names():
     import mmdlib
 
-    for name in ["linear_betas", "timestep_subset", "ddim_sample", "ddpm_sample", "mmd2_unbiased"]:
+    for name in ["linear_betas", "timestep_subset", "ddim_sample", "ddpm_sample", "mmd2_unbiased",
+                 "get_feature_extractor", "digits_dataset", "save_pipeline"]:
         assert callable(getattr(mmdlib, name)), name

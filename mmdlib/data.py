@@ -1,0 +1,186 @@
+"""Datasets by name: every item is ``(image, label)`` with image float [C, H, W] in [0, 1]."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import MMDLibError
+
+SPLITS = ("train", "test", "all")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+class TensorImages(Dataset):
+    """Images already in memory: uint8 or float tensors [N, C, H, W]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        self.images = images
+        self.labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return x, int(self.labels[i])
+
+
+class Transformed(Dataset):
+    """A dataset of PIL images (or a list of paths) with a transform to a float tensor."""
+
+    def __init__(self, base, transform: Callable, loader: Callable | None = None):
+        self.base, self.transform, self.loader = base, transform, loader
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = self.base[i]
+        img, label = (self.loader(item), 0) if self.loader else item
+        return self.transform(img), int(label)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise MMDLibError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}.")
+
+
+def digits_dataset(split: str = "train") -> TensorImages:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), [1, 8, 8] in [0, 1].
+
+    A fixed stratified 80/20 split (1,437 train, 360 test); ``all`` is every image in the original order.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    _check_split(split)
+    d = load_digits()
+    images = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    if split == "all":
+        return TensorImages(images, labels)
+    train, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=d.target)
+    idx = torch.from_numpy(np.sort(train if split == "train" else test))
+    return TensorImages(images[idx], labels[idx])
+
+
+def _missing(name: str, path: Path, how: str) -> MMDLibError:
+    return MMDLibError(f"{name} data not found at {str(path)!r}. {how}")
+
+
+def _to_tensor_resized(size: int, crop: tuple[int, int, int, int] | None = None) -> Callable:
+    from torchvision import transforms as T
+
+    steps = [T.Lambda(lambda im: im.convert("RGB"))]
+    if crop is not None:  # (top, left, height, width)
+        steps.append(T.Lambda(lambda im: T.functional.crop(im, *crop)))
+    steps += [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.CenterCrop(size),
+              T.ToTensor()]
+    return T.Compose(steps)
+
+
+def cifar10_dataset(split: str = "train", root: str | Path = "data/cifar10", download: bool = False) -> Dataset:
+    """CIFAR-10 (torchvision), 32x32; ``all`` is train + test."""
+    from torchvision import datasets, transforms
+
+    _check_split(split)
+    if split == "all":
+        return torch.utils.data.ConcatDataset([cifar10_dataset(s, root, download) for s in ("train", "test")])
+    try:
+        return datasets.CIFAR10(str(root), train=split == "train", download=download, transform=transforms.ToTensor())
+    except RuntimeError as e:
+        raise _missing("CIFAR-10", Path(root), "Pass download=True (or --download) on a connected machine, "
+                       "or put torchvision's cifar-10-batches-py folder there.") from e
+
+
+# DDIM's CelebA preprocessing: a 128x128 crop centred at (x=89, y=121) of the aligned 178x218 image, then 64x64.
+CELEBA_CROP = (57, 25, 128, 128)
+
+
+def celeba64_dataset(split: str = "train", root: str | Path = "data/celeba", download: bool = False) -> Dataset:
+    """CelebA (torchvision) cropped and resized to 64x64 as in the DDIM paper."""
+    from torchvision import datasets
+
+    _check_split(split)
+    try:
+        base = datasets.CelebA(str(root), split={"train": "train", "test": "test", "all": "all"}[split],
+                               target_type="identity", download=download)
+    except RuntimeError as e:
+        raise _missing("CelebA", Path(root) / "celeba", "Pass download=True on a connected machine (Google Drive "
+                       "quotas often refuse it), or place img_align_celeba/ and the list_*.txt files there "
+                       "as torchvision documents.") from e
+    return Transformed(base, _to_tensor_resized(64, CELEBA_CROP))
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_dataset(root: str | Path, size: int | None = None, split: str = "all") -> Dataset:
+    """Every image under ``root`` (recursively, sorted), RGB, resized and centre-cropped to ``size``."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    _check_split(split)
+    root = Path(root)
+    files = _image_files(root) if root.is_dir() else []
+    if not files:
+        raise _missing("image folder", root, f"Point it at a folder holding {', '.join(sorted(IMAGE_SUFFIXES))} files.")
+    transform = _to_tensor_resized(size) if size else T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.ToTensor()])
+    return Transformed(files, transform, loader=lambda p: Image.open(p))
+
+
+def church_dataset(split: str = "train", root: str | Path = "data/church", download: bool = False) -> Dataset:
+    """LSUN Church-outdoor at 256x256: a folder of images, or torchvision's LSUN lmdb under ``root``."""
+    _check_split(split)
+    root = Path(root)
+    lmdb_name = "church_outdoor_val" if split == "test" else "church_outdoor_train"
+    if (root / f"{lmdb_name}_lmdb").is_dir():
+        from torchvision import datasets
+
+        return Transformed(datasets.LSUN(str(root), classes=[lmdb_name]), _to_tensor_resized(256))
+    if root.is_dir() and _image_files(root):
+        return folder_dataset(root, size=256)
+    raise _missing("LSUN Church", root, f"Put the {lmdb_name}_lmdb folder (from the LSUN download script) or a folder "
+                   "of church images there; LSUN has no automatic download.")
+
+
+def imagenet64_dataset(split: str = "train", root: str | Path = "data/imagenet64", download: bool = False) -> Dataset:
+    """Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017): the ``*.npz`` files with ``data`` [N, 12288] uint8."""
+    _check_split(split)
+    root = Path(root)
+    pattern = {"train": "train_data_batch_*.npz", "test": "val_data.npz", "all": "*.npz"}[split]
+    files = sorted(root.glob(pattern)) or (sorted(root.glob("Imagenet64_train_part*.npz")) if split == "train" else [])
+    if not files:
+        raise _missing("ImageNet 64x64", root, f"Download the 'Imagenet64' npz files from image-net.org (downsampled "
+                       f"ImageNet, needs a login) and unpack them there; looked for {pattern}.")
+    data, labels = [], []
+    for f in files:
+        with np.load(f) as z:
+            data.append(z["data"].reshape(-1, 3, 64, 64))
+            labels.append(z["labels"].astype(np.int64) - 1)  # the files count classes from 1
+    return TensorImages(torch.from_numpy(np.concatenate(data)), torch.from_numpy(np.concatenate(labels)))
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": lambda split="train", **kw: digits_dataset(split),
+    "cifar10": cifar10_dataset,
+    "celeba64": celeba64_dataset,
+    "church": church_dataset,
+    "imagenet64": imagenet64_dataset,
+    "folder": lambda split="all", root=None, size=None, **kw: folder_dataset(root, size, split),
+}
+
+
+def get_dataset(name: str, split: str = "train", **kw) -> Dataset:
+    """The dataset registered as ``name``; a path to a folder of images also works."""
+    if name not in DATASETS:
+        if Path(name).is_dir():
+            return folder_dataset(name, kw.get("size"), split="all")
+        raise MMDLibError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, or a folder of images.")
+    return DATASETS[name](split=split, **kw)

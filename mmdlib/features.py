@@ -1,0 +1,265 @@
+"""Perceptual feature spaces phi of the MMD loss and the metrics (paper Sec. III-C), in a registry.
+
+Every extractor takes float images [N, C, H, W] in [0, 1], returns [N, D] (``.dim`` = D), is
+differentiable with respect to the images, and has frozen weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import cached
+from .errors import MMDLibError
+
+RANGE_TOLERANCE = 1e-3
+
+
+class FeatureExtractor(nn.Module):
+    """Base class: input checks, grayscale to RGB where the network needs it, frozen eval-mode weights."""
+
+    dim: int
+    channels: int = 3  # what the network consumes
+    size: int | None = None  # the only input size accepted, if the network has one
+
+    def freeze(self) -> "FeatureExtractor":
+        self.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        return super().train(False)  # always eval: batch statistics must not leak into the features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
+            raise MMDLibError(f"{self.name}: images must be a float tensor [N, C, H, W] in [0, 1], got "
+                              f"{getattr(images, 'dtype', type(images).__name__)} of shape "
+                              f"{tuple(getattr(images, 'shape', ()))}.")
+        c = images.shape[1]
+        if c not in (1, 3) or (c == 3 and self.channels == 1):
+            raise MMDLibError(f"{self.name}: expects {self.channels}-channel images (1-channel ones are repeated "
+                              f"to RGB), got {c} channels.")
+        if self.size is not None and images.shape[-2:] != (self.size, self.size):
+            raise MMDLibError(f"{self.name}: expects {self.size}x{self.size} images, got "
+                              f"{images.shape[-2]}x{images.shape[-1]}.")
+        lo, hi = images.min().item(), images.max().item()
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            raise MMDLibError(f"{self.name}: images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; map model "
+                              f"outputs x in [-1, 1] with mmdlib.to_unit(x).")
+        if c == 1 and self.channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        return self.features(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] to image space [0, 1], clamped (the gradient passes inside the range)."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+# --- Inception-V3 (torch-fidelity) ---------------------------------------------------------------------
+
+_INCEPTION_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
+                     "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                     "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+
+
+class InceptionFeatures(FeatureExtractor):
+    """torch-fidelity's InceptionV3 '2048' features (the FID/KID space) through a differentiable float path.
+
+    torch-fidelity's own forward takes uint8 only; this one takes x in [0, 1], scales it to [0, 255] and
+    then runs exactly torch-fidelity's steps (its TF1-compatible bilinear resize to 299, (x - 128) / 128,
+    its layers), so on 8-bit images it gives the same numbers.
+    """
+
+    name, dim = "inception", 2048
+
+    def __init__(self, weights_path: str | Path | None = None):
+        super().__init__()
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        if weights_path is not None and not Path(weights_path).is_file():
+            raise MMDLibError(f"inception: weights_path {str(weights_path)!r} is not a file.")
+        try:
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=weights_path)
+        except OSError as e:  # urllib errors are OSErrors
+            raise MMDLibError("inception: could not download torch-fidelity's Inception weights (offline?). "
+                              "Download weights-inception-2015-12-05-6726825d.pth on a connected machine and "
+                              "pass weights_path=.") from e
+        self.freeze()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+        x = images.to(self.net.feature_extractor_internal_dtype) * 255
+        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+        x = (x - 128) / 128
+        for name in _INCEPTION_LAYERS:
+            x = getattr(self.net, name)(x)
+        return torch.flatten(x, 1).to(torch.float32)
+
+
+# --- CLIP (open_clip) ----------------------------------------------------------------------------------
+
+class ClipFeatures(FeatureExtractor):
+    """open_clip image embeddings (ViT-B/32, OpenAI weights by default) after a differentiable bicubic
+    resize to the model's input size and CLIP's normalisation (as FID_CLIP, Kynkaanniemi et al. 2022)."""
+
+    name = "clip"
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", **kw):
+        super().__init__()
+        import open_clip
+
+        try:
+            self.net = open_clip.create_model(model, pretrained=pretrained,
+                                              force_quick_gelu=pretrained == "openai", **kw)
+        except RuntimeError as e:
+            raise MMDLibError(f"clip: could not load open_clip {model!r} with pretrained={pretrained!r} "
+                              f"(offline with no cached copy?): {e}") from e
+        self.input_size = self.net.visual.image_size
+        self.input_size = self.input_size[0] if isinstance(self.input_size, (tuple, list)) else self.input_size
+        self.register_buffer("mean", torch.tensor(self.net.visual.image_mean or open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.net.visual.image_std or open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1))
+        self.dim = self.net.visual.output_dim
+        self.freeze()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.input_size
+        x = F.interpolate(images, size=(s, s), mode="bicubic", align_corners=False) if images.shape[-1] != s else images
+        return self.net.encode_image((x - self.mean) / self.std).float()
+
+
+# --- The digits feature spaces ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DigitsNetConfig:
+    """A small CNN digit classifier. Its features concatenate the penultimate layer (shape and class) with
+    the global-average-pooled activations of every conv block (strokes, texture, sharpness), each
+    dimension standardised by its mean and spread over the train split, so that no group drowns the
+    others: a classifier's last layer alone collapses to class clusters and is blind to blur."""
+
+    widths: tuple[int, ...]
+    hidden: int
+    kernel: int
+    seed: int
+    epochs: int = 40
+    lr: float = 2e-3
+    version: int = 2
+
+
+DIGITS_NETS = {
+    "digits-a": DigitsNetConfig(widths=(32, 64), hidden=64, kernel=3, seed=1),
+    "digits-b": DigitsNetConfig(widths=(16, 32, 64), hidden=128, kernel=3, seed=2),
+}
+
+
+class DigitsNet(nn.Module):
+    def __init__(self, cfg: DigitsNetConfig):
+        super().__init__()
+        convs, c = [], 1
+        for w in cfg.widths:
+            convs.append(nn.Sequential(nn.Conv2d(c, w, cfg.kernel, padding=cfg.kernel // 2), nn.BatchNorm2d(w), nn.ReLU()))
+            c = w
+        self.convs = nn.ModuleList(convs)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * 4 * 4, cfg.hidden), nn.Tanh())
+        self.head = nn.Linear(cfg.hidden, 10)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pooled = []
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            pooled.append(x.mean((2, 3)))
+            if i == 0:
+                x = F.max_pool2d(x, 2)  # 8x8 -> 4x4 after the first block
+        h = self.fc(x)
+        return h, pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x)[0])
+
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        h, pooled = self.embed(x)
+        return torch.cat([h, *pooled], 1)
+
+
+def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random translations by up to one pixel (zero padding): cheap augmentation for 8x8 digits."""
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+    return torch.roll(F.pad(x, (1, 1, 1, 1)), (dy, dx), (2, 3))[..., 1:-1, 1:-1]
+
+
+def train_digits_net(cfg: DigitsNetConfig) -> tuple[DigitsNet, float, torch.Tensor, torch.Tensor]:
+    """Train on the digits train split; returns the net, its test-split accuracy, and the feature mean and
+    spread over the train split (spreads floored at a tenth of their median, so dead units are not blown up)."""
+    from .data import digits_dataset
+
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    (xtr, ytr), (xte, yte) = [(d.images.float(), d.labels) for d in (digits_dataset("train"), digits_dataset("test"))]
+    net = DigitsNet(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    for _ in range(cfg.epochs):
+        net.train()
+        for idx in torch.randperm(len(xtr), generator=g).split(64):
+            loss = F.cross_entropy(net(_shift(xtr[idx], g)), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(xte).argmax(1) == yte).float().mean().item()
+        f = net.raw_features(xtr)
+    sd = f.std(0)
+    return net, acc, f.mean(0), sd.clamp_min(0.1 * sd.median())
+
+
+class DigitsFeatures(FeatureExtractor):
+    """A small CNN trained on the digits (first use trains it in seconds and caches it)."""
+
+    channels, size = 1, 8
+
+    def __init__(self, name: str = "digits-a"):
+        super().__init__()
+        self.name, cfg = name, DIGITS_NETS[name]
+
+        def build(tmp: Path) -> None:
+            net, acc, mean, std = train_digits_net(cfg)
+            torch.save({"state_dict": net.state_dict(), "test_accuracy": acc, "mean": mean, "std": std},
+                       tmp / "net.pt")
+
+        folder = cached("digits-net", {"name": name, **dataclasses.asdict(cfg)}, build)
+        ckpt = torch.load(folder / "net.pt", weights_only=True)
+        self.net = DigitsNet(cfg)
+        self.net.load_state_dict(ckpt["state_dict"])
+        self.test_accuracy = ckpt["test_accuracy"]
+        self.register_buffer("mean", ckpt["mean"])
+        self.register_buffer("std", ckpt["std"])
+        self.dim = cfg.hidden + sum(cfg.widths)
+        self.freeze()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.net.raw_features(images) - self.mean) / self.std
+
+
+FEATURES: dict[str, Callable[..., FeatureExtractor]] = {
+    "inception": InceptionFeatures,
+    "clip": ClipFeatures,
+    "digits-a": lambda **kw: DigitsFeatures("digits-a", **kw),
+    "digits-b": lambda **kw: DigitsFeatures("digits-b", **kw),
+}
+
+
+def get_feature_extractor(name: str, **kw) -> FeatureExtractor:
+    """The feature extractor registered as ``name`` (see FEATURES), frozen, in eval mode."""
+    if name not in FEATURES:
+        raise MMDLibError(f"unknown feature space {name!r}; known feature spaces: {', '.join(FEATURES)}.")
+    return FEATURES[name](**kw)

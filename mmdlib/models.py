@@ -1,0 +1,148 @@
+"""Pretrained diffusion models by short name, hub id or local folder, and export as a diffusers pipeline."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import MMDLibError
+from .schedules import alphas_cumprod as _alphas_cumprod
+from .schedules import linear_betas, timestep_subset
+
+# The paper's models (Sec. IV-A) that exist in diffusers format.
+HUB_MODELS = {"cifar10": "google/ddpm-cifar10-32", "church": "google/ddpm-ema-church-256"}
+# Registered so their names are known, but their checkpoints are not diffusers UNet2DModels.
+NOT_CONVERTIBLE = {
+    "celeba64": "the DDIM authors' CelebA 64x64 checkpoint (ermongroup/ddim, 'celeba' model)",
+    "imagenet64": "improved-diffusion's ImageNet 64x64 L_hybrid checkpoint (openai/improved-diffusion, "
+                  "imagenet64_uncond_100M_1500K.pt)",
+}
+MODELS = ["digits", *HUB_MODELS, *NOT_CONVERTIBLE]
+META_FILE = "mmdlib.json"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A denoiser eps_theta(x, t) with its training noise schedule."""
+
+    unet: torch.nn.Module
+    alphas_cumprod: torch.Tensor  # float64 [T]
+    source: str
+    meta: dict = dataclasses.field(default_factory=dict)  # what save_pipeline recorded (budget, timesteps, ...)
+
+    @property
+    def T(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        c, s = self.unet.config.in_channels, self.unet.config.sample_size
+        return (c, *(s if isinstance(s, (tuple, list)) else (s, s)))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _schedule_from_config(config: dict) -> torch.Tensor:
+    """alphas_cumprod in float64 from a DDPM/DDIM scheduler config (legacy 'timesteps' key included)."""
+    T = int(config.get("num_train_timesteps", config.get("timesteps", 1000)))
+    kind = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is not None:
+        return _alphas_cumprod(torch.tensor(config["trained_betas"], dtype=torch.float64))
+    if kind == "linear":
+        return _alphas_cumprod(linear_betas(T, config.get("beta_start", 1e-4), config.get("beta_end", 0.02)))
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=config.get("beta_start", 1e-4),
+                          beta_end=config.get("beta_end", 0.02))
+    return _alphas_cumprod(sched.betas.double())
+
+
+def _read_json(repo: str, names: Sequence[str], local: bool) -> dict | None:
+    for name in names:
+        if local:
+            if (Path(repo) / name).is_file():
+                return json.loads((Path(repo) / name).read_text())
+            continue
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError
+
+        try:
+            return json.loads(Path(hf_hub_download(repo, name)).read_text())
+        except EntryNotFoundError:
+            continue
+    return None
+
+
+def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """A UNet2DModel and its alphas_cumprod: ``digits``, a registered name, a hub id or a local folder.
+
+    The folder may be a pipeline (``unet/`` and ``scheduler/`` subfolders, as ``save_pipeline`` writes)
+    or a bare model folder with ``config.json`` and ``scheduler_config.json`` side by side.
+    """
+    from diffusers import UNet2DModel
+
+    if name_or_path in NOT_CONVERTIBLE:
+        raise MMDLibError(f"model {name_or_path!r} is not yet convertible: the paper used "
+                          f"{NOT_CONVERTIBLE[name_or_path]}, which is not in diffusers format. Convert it to a "
+                          f"diffusers UNet2DModel folder and pass its path.")
+    if name_or_path == "digits":
+        from .pretrain import digits_model_path
+
+        name_or_path = str(digits_model_path())
+    repo = HUB_MODELS.get(name_or_path, name_or_path)
+    local = Path(repo).is_dir()
+    if not local and (Path(repo).exists() or repo.startswith((".", "/")) or repo.count("/") != 1):
+        raise MMDLibError(f"model {name_or_path!r} is neither a known name ({', '.join(MODELS)}), a hub id "
+                          f"(owner/name) nor a folder.")
+    try:
+        sub = "unet" if (Path(repo) / "unet").is_dir() or (not local and _read_json(repo, ["unet/config.json"],
+                                                                                       False)) else None
+        unet = UNet2DModel.from_pretrained(repo, subfolder=sub)
+        sched = _read_json(repo, ["scheduler/scheduler_config.json", "scheduler_config.json"], local) or {}
+        meta = _read_json(repo, [META_FILE], local) or {}
+    except (OSError, ValueError) as e:
+        if local:
+            raise MMDLibError(f"could not load a UNet2DModel from the folder {repo!r}: {e}") from e
+        how = ("HF_HUB_OFFLINE=1 is set and there is no local copy in the Hugging Face cache. "
+               if _offline() else "The hub could not be reached. ")
+        raise MMDLibError(f"could not load {repo!r}. {how}On a connected machine run "
+                          f"`huggingface-cli download {repo}` (it fills the cache this machine reads), or "
+                          f"download it and pass the local folder instead.") from e
+    return LoadedModel(unet.to(device).eval(), _schedule_from_config(sched), repo, meta)
+
+
+def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alphas_cumprod: torch.Tensor | None = None,
+                  kind: str = "linear", meta: dict | None = None) -> Path:
+    """Write ``model`` as a folder that ``diffusers.DDIMPipeline.from_pretrained`` loads.
+
+    Its DDIMScheduler (set_alpha_to_one, no clipping, "leading" spacing, offset 0) makes
+    ``pipe(num_inference_steps=budget, eta=0)`` visit exactly ``timestep_subset(budget, T, kind)``, the
+    steps ``ddim_sample`` used. ``mmdlib.json`` records the budget and its timesteps.
+    """
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    ac = _alphas_cumprod(linear_betas()) if alphas_cumprod is None else torch.as_tensor(alphas_cumprod).double()
+    T = len(ac)
+    steps = timestep_subset(budget, T, kind)
+    if kind != "linear":
+        warnings.warn(f"a {kind} subset cannot be expressed in DDIMScheduler's config: DDIMPipeline will use "
+                      f"linear spacing; sample with mmdlib.ddim_sample and the timesteps in {META_FILE}.")
+    if torch.allclose(ac, _alphas_cumprod(linear_betas(T)), rtol=1e-12, atol=0):
+        betas = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+    else:
+        betas = {"trained_betas": (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()}
+    scheduler = DDIMScheduler(num_train_timesteps=T, set_alpha_to_one=True, clip_sample=False,
+                              timestep_spacing="leading", steps_offset=0, **betas)
+    path = Path(path)
+    DDIMPipeline(unet=model, scheduler=scheduler).save_pretrained(path)
+    record = {"budget": budget, "schedule": kind, "timesteps": steps, "num_inference_steps": budget, "eta": 0.0,
+              **(meta or {})}
+    (path / META_FILE).write_text(json.dumps(record, indent=1))
+    return path

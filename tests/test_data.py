@@ -1,0 +1,87 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mmdlib
+from mmdlib.data import get_dataset
+
+
+def test_digits_splits_are_deterministic_and_disjoint():
+    tr, te, al = (mmdlib.digits_dataset(s) for s in ("train", "test", "all"))
+    assert (len(tr), len(te), len(al)) == (1437, 360, 1797)
+    x, y = tr[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and 0 <= y <= 9
+    assert torch.equal(mmdlib.digits_dataset("train").images, tr.images)
+    rows = {tuple(r) for r in tr.images.flatten(1).tolist()} & {tuple(r) for r in te.images.flatten(1).tolist()}
+    from sklearn.datasets import load_digits
+    raw = load_digits().images
+    assert np.allclose(al.images[:, 0].numpy() * 16, raw)
+    # the split is by index; a few duplicate images may exist in the data itself, but never the same index
+    assert len(rows) < 5
+    assert sorted(torch.bincount(te.labels).tolist())[0] >= 35  # stratified: every class in the test split
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(mmdlib.MMDLibError, match="unknown dataset 'mnist'; known datasets: digits, cifar10"):
+        get_dataset("mnist")
+    with pytest.raises(mmdlib.MMDLibError, match="unknown split 'val'; known splits: train, test, all"):
+        get_dataset("digits", split="val")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "celeba64", "church", "imagenet64"])
+def test_missing_data_names_the_path(tmp_path, name):
+    with pytest.raises(mmdlib.MMDLibError, match=f"data not found at '{tmp_path / 'nothing'}"):
+        get_dataset(name, root=tmp_path / "nothing")
+
+
+def test_folder_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    ds = get_dataset("folder", root=tmp_path, size=16)
+    x, y = ds[1]
+    assert len(ds) == 3 and x.shape == (3, 16, 16) and 0 <= x.min() and x.max() <= 1 and y == 0
+    raw = get_dataset(str(tmp_path))[2][0]
+    assert torch.allclose(raw, torch.from_numpy(np.array(Image.open(tmp_path / "2.png"))).permute(2, 0, 1) / 255)
+
+
+def test_church_from_a_folder(tmp_path):
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(tmp_path / "c.jpg")
+    assert get_dataset("church", root=tmp_path)[0][0].shape == (3, 256, 256)
+
+
+def test_imagenet64_npz(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, (4, 3 * 64 * 64), dtype=np.uint8)
+    np.savez(tmp_path / "val_data.npz", data=data, labels=np.array([1, 2, 3, 1000]))
+    ds = get_dataset("imagenet64", split="test", root=tmp_path)
+    x, y = ds[3]
+    assert x.shape == (3, 64, 64) and y == 999
+    assert torch.allclose(x * 255, torch.from_numpy(data[3].reshape(3, 64, 64)).float())
+
+
+def test_cifar10_from_torchvision_layout(tmp_path, monkeypatch):
+    # torchvision's layout: cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}; md5 skipped here.
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.random.default_rng(0).integers(0, 256, (2, 3072), dtype=np.uint8)
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / f).write_bytes(pickle.dumps({"data": data, "labels": [3, 7]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
+    ds = get_dataset("cifar10", root=tmp_path)
+    x, y = ds[1]
+    assert len(ds) == 10 and x.shape == (3, 32, 32) and y == 7
+    assert torch.allclose(x * 255, torch.from_numpy(data[1].reshape(3, 32, 32)).float())
+    assert len(get_dataset("cifar10", split="all", root=tmp_path)) == 12
+
+
+def test_celeba_crop_is_ddim_crop():
+    from mmdlib.data import CELEBA_CROP, _to_tensor_resized
+
+    img = np.zeros((218, 178, 3), np.uint8)
+    img[57:57 + 128, 25:25 + 128] = 255  # the DDIM crop window is all white, the rest black
+    x = _to_tensor_resized(64, CELEBA_CROP)(Image.fromarray(img))
+    assert x.shape == (3, 64, 64) and torch.allclose(x, torch.ones_like(x))

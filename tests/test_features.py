@@ -1,0 +1,121 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import mmdlib
+from mmdlib.features import get_feature_extractor
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """A random-weights file in torch-fidelity's Inception key layout (He-initialised so activations stay O(1))."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+    mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+    torch.manual_seed(0)
+    net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    mp.undo()
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("inception") / "weights.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_float_path_equals_torch_fidelity_uint8_path(inception_weights):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    ref = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(inception_weights))
+    ours = get_feature_extractor("inception", weights_path=inception_weights)
+    assert ours.dim == 2048
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 3, 32, 32), (2, 1, 8, 8)]:
+        u8 = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        expected = ref(u8.expand(-1, 3, -1, -1))[0]
+        got = ours(u8.float() / 255)
+        assert expected.abs().mean() > 1e-3
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_inception_is_differentiable_and_frozen(inception_weights):
+    f = get_feature_extractor("inception", weights_path=inception_weights)
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    f(x).square().sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in f.parameters()) and not f.training
+    f.train()
+    assert not f.training
+
+
+def test_inception_bad_weights_path():
+    with pytest.raises(mmdlib.MMDLibError, match="weights_path '/no/such.pth' is not a file"):
+        get_feature_extractor("inception", weights_path="/no/such.pth")
+
+
+def test_clip_on_random_weights_matches_open_clip_preprocess():
+    import open_clip
+    from PIL import Image
+
+    f = get_feature_extractor("clip", pretrained=None)
+    assert f.dim == 512
+    _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    img = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    expected = f.net.encode_image(preprocess(Image.fromarray(img))[None]).detach()
+    got = f(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-4, atol=1e-4)
+    x = torch.rand(2, 1, 32, 32, requires_grad=True)  # grayscale, small: repeated and resized inside
+    f(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["digits-a", "digits-b"])
+def test_digits_nets_are_accurate_and_differentiable(name):
+    f = get_feature_extractor(name)
+    assert f.test_accuracy >= 0.97
+    test = mmdlib.digits_dataset("test")
+    with torch.no_grad():
+        assert (f.net(test.images).argmax(1) == test.labels).float().mean() >= 0.97
+    x = test.images[:4].clone().requires_grad_()
+    out = f(x)
+    assert out.shape == (4, f.dim)
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_digits_nets_differ():
+    a, b = get_feature_extractor("digits-a"), get_feature_extractor("digits-b")
+    assert a.dim != b.dim and type(a.net.convs) is type(b.net.convs) and len(a.net.convs) != len(b.net.convs)
+
+
+def test_a_second_process_finds_the_cached_net():
+    get_feature_extractor("digits-a")
+    code = ("import mmdlib.features as f\n"
+            "def boom(cfg): raise SystemExit('retrained instead of loading the cache')\n"
+            "f.train_digits_net = boom\n"
+            "print(f.get_feature_extractor('digits-a').test_accuracy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) >= 0.97
+
+
+def test_feature_input_errors():
+    f = get_feature_extractor("digits-a")
+    with pytest.raises(mmdlib.MMDLibError, match="unknown feature space 'vgg'; known feature spaces: inception, clip"):
+        get_feature_extractor("vgg")
+    with pytest.raises(mmdlib.MMDLibError, match=r"must lie in \[0, 1\], got values in \[-1"):
+        f(torch.full((2, 1, 8, 8), -1.0))
+    with pytest.raises(mmdlib.MMDLibError, match="expects 8x8 images, got 16x16"):
+        f(torch.rand(2, 1, 16, 16))
+    with pytest.raises(mmdlib.MMDLibError, match="expects 1-channel images"):
+        f(torch.rand(2, 3, 8, 8))
+    with pytest.raises(mmdlib.MMDLibError, match=r"float tensor \[N, C, H, W\]"):
+        f(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))

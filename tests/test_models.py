@@ -1,0 +1,95 @@
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import DDIMPipeline
+
+import mmdlib
+from mmdlib.models import load_model, save_pipeline
+from helpers import make_tiny_unet
+
+
+def _legacy_layout(folder, unet):
+    """google/ddpm-cifar10-32's layout: the UNet's config.json and weights at the root, a legacy scheduler config."""
+    unet.save_pretrained(folder)
+    (folder / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "GaussianDDPMScheduler", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
+         "timesteps": 1000, "variance_type": "fixed_large"}))
+
+
+def test_local_bare_folder_and_schedule(tmp_path):
+    unet = make_tiny_unet()
+    _legacy_layout(tmp_path, unet)
+    m = load_model(str(tmp_path))
+    assert m.T == 1000 and m.sample_shape == (3, 8, 8)
+    torch.testing.assert_close(m.alphas_cumprod, mmdlib.alphas_cumprod(mmdlib.linear_betas()))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 500])
+    torch.testing.assert_close(m.unet(x, t).sample, unet(x, t).sample)
+
+
+def test_hub_id_from_the_offline_cache(tmp_path, monkeypatch):
+    # A Hugging Face cache laid out as `huggingface-cli download google/ddpm-cifar10-32` leaves it.
+    snap = tmp_path / "hub" / "models--google--ddpm-cifar10-32" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    _legacy_layout(snap, make_tiny_unet())
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    m = load_model("cifar10")
+    assert m.source == "google/ddpm-cifar10-32" and m.T == 1000
+
+
+def test_hub_id_offline_without_copy_says_how(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(mmdlib.MMDLibError, match="huggingface-cli download google/ddpm-ema-church-256"):
+        load_model("church")
+
+
+@pytest.mark.parametrize("name", ["celeba64", "imagenet64"])
+def test_not_convertible_names_the_checkpoint(name):
+    with pytest.raises(mmdlib.MMDLibError, match=f"model '{name}' is not yet convertible"):
+        load_model(name)
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(mmdlib.MMDLibError, match="known name \\(digits, cifar10, church, celeba64, imagenet64\\)"):
+        load_model("cifar100")
+
+
+@pytest.mark.parametrize("budget", [1, 5, 10])
+def test_saved_pipeline_samples_like_ddim_sample(tmp_path, budget):
+    unet = make_tiny_unet()
+    save_pipeline(unet, tmp_path / "pipe", budget=budget)
+    pipe = DDIMPipeline.from_pretrained(tmp_path / "pipe")
+    meta = json.loads((tmp_path / "pipe" / "mmdlib.json").read_text())
+    assert meta["timesteps"] == mmdlib.timestep_subset(budget)
+    x_T = mmdlib.noise(range(3), (3, 8, 8))
+    with torch.no_grad():
+        ours = mmdlib.ddim_sample(unet, x_T, meta["timesteps"], mmdlib.alphas_cumprod(mmdlib.linear_betas()))
+    # DDIMPipeline draws x_T from its generator; hand it ours by patching its randn for this call.
+    import diffusers.pipelines.ddim.pipeline_ddim as pd
+    orig = pd.randn_tensor
+    pd.randn_tensor = lambda *a, **k: x_T.clone()
+    try:
+        images = pipe(batch_size=3, num_inference_steps=budget, eta=0.0, output_type="np").images
+    finally:
+        pd.randn_tensor = orig
+    assert sorted(pipe.scheduler.timesteps.tolist()) == meta["timesteps"]
+    expected = (ours.clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).numpy()  # the pipeline's own output mapping
+    torch.testing.assert_close(torch.from_numpy(images), torch.from_numpy(expected), rtol=1e-5, atol=1e-5)
+    reloaded = load_model(str(tmp_path / "pipe"))
+    assert reloaded.meta["budget"] == budget
+    torch.testing.assert_close(reloaded.alphas_cumprod, mmdlib.alphas_cumprod(mmdlib.linear_betas()))
+
+
+def test_saved_pipeline_with_a_non_linear_schedule_keeps_it(tmp_path):
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas(1000, 1e-4, 0.03))
+    with pytest.warns(UserWarning, match="quadratic subset cannot be expressed"):
+        save_pipeline(make_tiny_unet(), tmp_path / "p", budget=5, alphas_cumprod=ac, kind="quadratic")
+    m = load_model(str(tmp_path / "p"))
+    torch.testing.assert_close(m.alphas_cumprod, ac, rtol=1e-6, atol=0)
+    assert m.meta["timesteps"] == mmdlib.timestep_subset(5, kind="quadratic")

@@ -1,0 +1,44 @@
+import subprocess
+import sys
+
+import torch
+
+import mmdlib
+from mmdlib.pretrain import DigitsModelConfig, digits_model_path, make_unet, train_ddpm
+
+TINY = DigitsModelConfig(block_out_channels=(8, 16), iterations=30, batch_size=16, warmup=5)
+
+
+def test_training_lowers_the_denoising_loss():
+    # eq. (5) on the digits: the trained EMA model predicts the noise better than its initialisation.
+    cfg = DigitsModelConfig(block_out_channels=(8, 16), iterations=150, batch_size=32, warmup=10, ema_decay=0.9)
+    images = mmdlib.digits_dataset("all").images[:256]
+    init = make_unet(cfg)
+    trained = train_ddpm(make_unet(cfg), images, cfg, progress=False)
+
+    def loss(m):
+        g = torch.Generator().manual_seed(0)
+        ac = mmdlib.alphas_cumprod(mmdlib.linear_betas()).float()
+        x0, t = images * 2 - 1, torch.randint(1000, (len(images),), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        a = ac[t].view(-1, 1, 1, 1)
+        with torch.no_grad():
+            return (m(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample - eps).square().mean().item()
+
+    assert loss(trained) < 0.5 * loss(init)
+
+
+def test_cached_model_loads_through_load_model_and_in_a_second_process():
+    path = digits_model_path(TINY, progress=False)
+    assert digits_model_path(TINY) == path
+    m = mmdlib.load_model(str(path))
+    assert m.sample_shape == (1, 8, 8) and m.T == 1000
+    code = ("import mmdlib.pretrain as p\n"
+            "p.train_ddpm = lambda *a, **k: (_ for _ in ()).throw(SystemExit('retrained'))\n"
+            f"print(p.digits_model_path(p.DigitsModelConfig(block_out_channels=(8, 16), iterations=30, "
+            f"batch_size=16, warmup=5)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(path)
+    assert digits_model_path(DigitsModelConfig(block_out_channels=(8, 16), iterations=31, batch_size=16,
+                                               warmup=5), progress=False) != path
