@@ -63,3 +63,113 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation."""
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+class _Uint8Images(torch.utils.data.Dataset):
+    """[0, 1] float images as the uint8 RGB tensors torch-fidelity's inputs are."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = torch.round(self.images[i].clamp(0, 1) * 255).to(torch.uint8)
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def dataset_images(dataset, n: int | None = None, seed: int = 0) -> torch.Tensor:
+    """All (or ``n`` seeded random) images of a dataset as one float tensor [N, C, H, W]."""
+    idx = range(len(dataset)) if n is None or n >= len(dataset) else \
+        torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    if hasattr(dataset, "images") and n is None:
+        return dataset.images.float() / (255 if dataset.images.dtype == torch.uint8 else 1)
+    return torch.stack([dataset[i][0] for i in idx])
+
+
+def reference_features(dataset_name: str, split: str, space: str, extractor: FeatureExtractor | None = None,
+                       n: int | None = None, device=None, **data_kw) -> torch.Tensor:
+    """Features of real images, cached under $MMDLIB_CACHE keyed by dataset, split, feature space and count."""
+    from .cache import cached
+    from .data import get_dataset
+    from .features import get_feature_extractor
+
+    key = {"dataset": dataset_name, "split": split, "space": space, "n": n,
+           **{k: str(v) for k, v in data_kw.items()}}
+
+    def build(tmp):
+        ds = get_dataset(dataset_name, split=split, **data_kw)
+        f = extractor or get_feature_extractor(space)
+        torch.save(embed(f.to(device or "cpu"), dataset_images(ds, n), device=device).float(), tmp / "features.pt")
+
+    return torch.load(cached("reference-features", key, build) / "features.pt").double()
+
+
+def inception_metrics(generated: torch.Tensor, real: torch.Tensor, cache_name: str | None = None,
+                      weights_path: str | None = None, device=None) -> dict:
+    """FID, KID, Inception Score and precision/recall from torch-fidelity itself, on in-memory images in [0, 1]."""
+    import torch_fidelity
+
+    from .cache import cache_dir
+
+    out = torch_fidelity.calculate_metrics(
+        input1=_Uint8Images(generated), input2=_Uint8Images(real), fid=True, kid=True, isc=True, prc=True,
+        kid_subset_size=min(1000, len(generated), len(real)), cuda=torch.device(device or "cpu").type == "cuda",
+        input2_cache_name=cache_name, cache_root=str(cache_dir() / "torch-fidelity"), cache=cache_name is not None,
+        feature_extractor_weights_path=None if weights_path is None else str(weights_path), verbose=False,
+        save_cpu_ram=True)
+    return {"fid": out["frechet_inception_distance"], "kid": out["kernel_inception_distance_mean"],
+            "kid_std": out["kernel_inception_distance_std"], "is": out["inception_score_mean"],
+            "is_std": out["inception_score_std"], "precision": out["precision"], "recall": out["recall"]}
+
+
+def evaluate(model, dataset: str = "digits", split: str = "all", budgets: Sequence[int] = (5, 10, 20),
+             spaces: Sequence[str] = ("digits-a", "digits-b"), n: int = 5000, seeds: Sequence[int] = (0,),
+             sampler: str = "ddim", schedule: str = "linear", inception: bool = False,
+             weights_path: str | None = None, device=None, progress: bool = True, **data_kw) -> dict:
+    """Score a model across budgets: FID and KID in each feature space (mean and std over seeds); with
+    ``inception=True`` also torch-fidelity's FID/KID/IS/precision/recall. Returns a plain dict
+    ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "fid_per_seed": [...]}}}``."""
+    from .features import get_feature_extractor
+    from .schedules import timestep_subset
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractors = {s: get_feature_extractor(s).to(device) for s in spaces}
+    refs = {s: reference_features(dataset, split, s, extractors[s], device=device, **data_kw) for s in spaces}
+    real_images = None
+    results: dict = {}
+    for b in budgets:
+        steps = timestep_subset(b, model.T, schedule)
+        per: dict = {s: {"fid": [], "kid": []} for s in spaces}
+        inc: list[dict] = []
+        for seed in seeds:
+            x = generate(model.unet, n, steps, model.alphas_cumprod, model.sample_shape, sampler=sampler, seed=seed,
+                         device=device, progress=progress)
+            for s in spaces:
+                f = embed(extractors[s], x, device=device)
+                per[s]["fid"].append(fid_from_features(f, refs[s]))
+                per[s]["kid"].append(kid_from_features(f, refs[s], subsets=50)[0])
+            if inception:
+                if real_images is None:
+                    from .data import get_dataset
+
+                    real_images = dataset_images(get_dataset(dataset, split=split, **data_kw))
+                inc.append(inception_metrics(x, real_images, f"mmdlib-{dataset}-{split}", weights_path, device))
+        results[b] = {}
+        for s in spaces:
+            fid, fid_sd = mean_std(per[s]["fid"])
+            kid, kid_sd = mean_std(per[s]["kid"])
+            results[b][s] = {"fid": fid, "fid_std": fid_sd, "kid": kid, "kid_std": kid_sd,
+                             "fid_per_seed": per[s]["fid"]}
+        if inception:
+            results[b]["inception"] = {k: mean_std([r[k] for r in inc])[0] for k in inc[0]}
+    return results
+
+
+def table(results: dict[str, dict], space: str, metric: str = "fid"):
+    """The paper's table layout: rows are methods (the keys of ``results``), columns are budgets."""
+    import pandas as pd
+
+    rows = {name: {f"|T|={b}": r[b][space][metric] for b in r} for name, r in results.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")

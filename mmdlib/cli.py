@@ -1,0 +1,153 @@
+"""Command line: ``python -m mmdlib {finetune,evaluate,demo} --help``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .errors import MMDLibError
+from .finetune import FinetuneConfig
+
+HELP = {
+    "model": "base model: 'digits' (embedded), a registered name (cifar10, church), a hub id or a folder",
+    "dataset": "real data: digits, cifar10, celeba64, church, imagenet64, or a folder of images",
+    "split": "dataset split: train, test or all",
+    "data_root": "folder holding the dataset files (default data/<dataset>)",
+    "features": "feature space of the MMD loss: inception, clip, digits-a, digits-b",
+    "kernel": "MMD kernel: cubic (paper default), linear, rbf",
+    "timesteps": "the sampling budget |tau| to finetune for",
+    "schedule": "timestep subset: linear (DDIM uniform) or quadratic",
+    "sampler": "sampler differentiated through: ddim or ddpm",
+    "eta": "DDIM eta (0 = deterministic DDIM, the paper's setting)",
+    "batch_size": "generated and real images per iteration",
+    "lr": "Adam learning rate",
+    "adam_betas": "Adam betas",
+    "adam_eps": "Adam epsilon",
+    "iterations": "finetuning iterations",
+    "grad_clip": "maximum gradient norm",
+    "checkpointing": "recompute each sampler step in the backward pass (less memory, same gradients)",
+    "seed": "seed of real batches and noise (results do not depend on batch split)",
+    "out": "output folder: finetuned/ pipeline, checkpoint.pt, log.csv, samples/",
+    "save_every": "write checkpoint.pt every N iterations",
+    "sample_every": "write a sample grid every N iterations",
+    "workers": "DataLoader workers for real images",
+    "device": "auto, cpu, cuda, cuda:1, ...",
+}
+
+
+def add_config_flags(p: argparse.ArgumentParser, defaults: FinetuneConfig) -> None:
+    """One flag per FinetuneConfig field, defaults from the dataclass (the one source of defaults)."""
+    for f in dataclasses.fields(FinetuneConfig):
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        text = f"{HELP[f.name]} (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=HELP[f.name])
+        elif isinstance(default, tuple):
+            p.add_argument(flag, type=float, nargs=len(default), default=default, help=text)
+        else:
+            typ = type(default) if default is not None else str
+            p.add_argument(flag, type=typ, default=default, help=text)
+
+
+def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
+    return FinetuneConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig)})
+
+
+def _data_kw(cfg_or_args) -> dict:
+    kw = {}
+    if getattr(cfg_or_args, "data_root", None):
+        kw["root"] = cfg_or_args.data_root
+    if getattr(cfg_or_args, "download", False):
+        kw["download"] = True
+    return kw
+
+
+def cmd_finetune(a: argparse.Namespace) -> None:
+    from . import get_dataset, load_model
+    from .finetune import finetune
+
+    cfg = config_from_args(a).check()
+    model = load_model(cfg.model)
+    dataset = get_dataset(cfg.dataset, split=cfg.split, **_data_kw(a))
+    path = finetune(model, dataset, cfg, resume=a.resume, overwrite=a.overwrite)
+    print(f"finetuned pipeline: {path}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from . import load_model
+    from .evaluate import evaluate
+
+    model = load_model(a.model)
+    res = evaluate(model, a.dataset, a.split, [int(b) for b in a.budgets.split(",")], a.features.split(","), a.n,
+                   list(range(a.seeds)), a.sampler, a.schedule, a.inception, a.inception_weights, **_data_kw(a))
+    text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+    print(text)
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    m = run_demo(a.out, timesteps=a.timesteps, iterations=a.iterations, n=a.n, seeds=a.seeds, overwrite=a.overwrite,
+                 resume=a.resume)
+    print(json.dumps({k: m[k] for k in ("fid_before", "fid_after", "gap_closed", "feature_space", "timesteps")}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmdlib", description="MMD-DDM: finetune diffusion models for few-step "
+                                "sampling with an MMD loss (Aiello et al., IEEE Access 2024).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ft = sub.add_parser("finetune", help="finetune a model for a sampling budget",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_flags(ft, FinetuneConfig())
+    ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ft.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    ft.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
+    ft.set_defaults(func=cmd_finetune)
+
+    ev = sub.add_parser("evaluate", help="FID/KID of a model across budgets",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--model", default="digits", help=HELP["model"])
+    ev.add_argument("--dataset", default="digits", help="reference data")
+    ev.add_argument("--split", default="all", help="reference split")
+    ev.add_argument("--data-root", default=None, help=HELP["data_root"])
+    ev.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
+    ev.add_argument("--budgets", default="5,10,20", help="comma-separated sampling budgets")
+    ev.add_argument("--features", default="digits-a,digits-b", help="comma-separated feature spaces for FID/KID")
+    ev.add_argument("--n", type=int, default=5000, help="generated samples per budget and seed")
+    ev.add_argument("--seeds", type=int, default=1, help="number of seeds (mean and std are reported)")
+    ev.add_argument("--sampler", default="ddim", help="ddim or ddpm")
+    ev.add_argument("--schedule", default="linear", help="linear or quadratic")
+    ev.add_argument("--inception", action="store_true", help="also torch-fidelity's FID, KID, IS, precision/recall")
+    ev.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file")
+    ev.add_argument("--out", default=None, help="also write the JSON here")
+    ev.set_defaults(func=cmd_evaluate)
+
+    de = sub.add_parser("demo", help="the embedded offline default end to end (digits)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .demo import DEMO
+
+    de.add_argument("--out", required=True, help="output folder: metrics.json, base/, finetuned/, grids")
+    de.add_argument("--timesteps", type=int, default=DEMO.timesteps, help="sampling budget to finetune for")
+    de.add_argument("--iterations", type=int, default=DEMO.iterations, help="finetuning iterations")
+    de.add_argument("--n", type=int, default=5000, help="generated samples per budget and seed for the metrics")
+    de.add_argument("--seeds", type=int, default=1, help="seeds for the metrics (mean and std reported)")
+    de.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
+    de.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MMDLibError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

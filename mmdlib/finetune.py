@@ -1,0 +1,280 @@
+"""MMD-DDM finetuning (paper Sec. III, Fig. 2; settings of Sec. IV-A).
+
+Each iteration draws a real batch and fresh noise, samples through the short chain *with gradients*,
+embeds both sides (real features without gradients), minimises the unbiased MMD^2 (eq. 7) and steps
+Adam. Everything random is seeded by (seed, iteration), so ``resume`` continues to the same weights.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .cache import atomic_save
+from .errors import MMDLibError
+from .evaluate import SAMPLERS
+from .features import FEATURES, FeatureExtractor, get_feature_extractor, to_unit
+from .mmd import KERNELS, mmd2_unbiased
+from .models import LoadedModel, save_pipeline
+from .sampling import generators, noise
+from .schedules import SUBSETS, timestep_subset
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """The one source of defaults for the CLI, the notebooks and papermill (paper Sec. IV-A)."""
+
+    model: str = "digits"  # short name, hub id or folder
+    dataset: str = "digits"
+    split: str = "train"
+    data_root: str | None = None
+    features: str = "inception"
+    kernel: str = "cubic"
+    timesteps: int = 5  # the budget |tau|
+    schedule: str = "linear"
+    sampler: str = "ddim"
+    eta: float = 0.0
+    batch_size: int = 128
+    lr: float = 5e-6
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    iterations: int = 500
+    grad_clip: float = 0.5  # max gradient norm (the official code clips at 0.5)
+    checkpointing: bool = True  # recompute each sampler step in backward
+    seed: int = 0
+    out: str = "runs/mmd-ddm"
+    save_every: int = 50
+    sample_every: int = 100
+    workers: int = 0
+    device: str = "auto"
+
+    def check(self) -> "FinetuneConfig":
+        """Refuse bad values with a message naming the value and what is allowed."""
+        for field, known in (("features", FEATURES), ("kernel", KERNELS), ("schedule", SUBSETS),
+                             ("sampler", SAMPLERS)):
+            if getattr(self, field) not in known:
+                raise MMDLibError(f"unknown {field} {getattr(self, field)!r}; known: {', '.join(known)}.")
+        if self.batch_size < 2:
+            raise MMDLibError(f"batch size {self.batch_size} is too small: the unbiased MMD^2 needs at least 2 "
+                              f"samples per side; use --batch-size 2 or more (the paper uses 128).")
+        for field in ("iterations", "save_every", "sample_every"):
+            if getattr(self, field) < 1:
+                raise MMDLibError(f"{field} must be >= 1, got {getattr(self, field)}.")
+        if not self.lr > 0:
+            raise MMDLibError(f"learning rate must be > 0, got {self.lr}.")
+        return self
+
+    def run_identity(self) -> dict:
+        """What makes two runs the same run (iterations may grow on resume; output knobs do not count)."""
+        d = dataclasses.asdict(self)
+        for k in ("iterations", "out", "save_every", "sample_every", "workers", "device"):
+            d.pop(k)
+        d["adam_betas"] = list(d["adam_betas"])
+        return d
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _IterationBatches(Sampler):
+    """Real-image indices for iterations start..end-1, each drawn from a generator seeded by (seed, it)."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, end: int):
+        self.n, self.batch, self.seed, self.start, self.end = n, batch, seed, start, end
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for it in range(self.start, self.end):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + it)
+            if self.batch <= self.n:
+                yield torch.randperm(self.n, generator=g)[: self.batch].tolist()
+            else:
+                yield torch.randint(self.n, (self.batch,), generator=g).tolist()
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def _noise_seeds(cfg: FinetuneConfig, it: int) -> list[int]:
+    base = (cfg.seed * 1_000_003 + it) * cfg.batch_size
+    return [base + i for i in range(cfg.batch_size)]
+
+
+def check_fit(model: LoadedModel, dataset: Dataset) -> None:
+    """The dataset's images must have the model's channels and size."""
+    x, _ = dataset[0]
+    if tuple(x.shape) != model.sample_shape:
+        raise MMDLibError(f"dataset images are {tuple(x.shape)} but the model generates {model.sample_shape}; "
+                          f"pick the matching dataset, or resize it (e.g. folder datasets take size=).")
+
+
+class Finetuner:
+    """State of one run: model, optimiser, feature extractor, real data, output folder."""
+
+    def __init__(self, model: LoadedModel, dataset: Dataset, cfg: FinetuneConfig,
+                 extractor: FeatureExtractor | None = None, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True):
+        self.cfg, self.model, self.dataset, self.progress = cfg.check(), model, dataset, progress
+        check_fit(model, dataset)
+        self.device = pick_device(cfg.device)
+        self.steps = timestep_subset(cfg.timesteps, model.T, cfg.schedule)
+        self.unet = model.unet.to(self.device).eval()
+        self.extractor = (extractor or get_feature_extractor(cfg.features)).to(self.device)
+        self.out = Path(cfg.out)
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+        self.iteration = 0
+        self._prepare_out(resume, overwrite)
+        self.real_features = self._precompute_real()
+
+    # --- output folder, checkpoints -------------------------------------------------------------------
+    def _prepare_out(self, resume: bool, overwrite: bool) -> None:
+        run_file = self.out / "run.json"
+        if run_file.exists() and not overwrite:
+            old = json.loads(run_file.read_text())
+            if not resume:
+                raise MMDLibError(f"the output folder {str(self.out)!r} already holds a run (iteration "
+                                  f"{self._saved_iteration()} of {old.get('iterations')}); pass --resume to continue "
+                                  f"it, --overwrite to replace it, or choose another --out. Nothing was changed.")
+            mine = self.cfg.run_identity()
+            diff = {k: (old["identity"].get(k), v) for k, v in mine.items() if old["identity"].get(k) != v}
+            if diff:
+                raise MMDLibError(f"the output folder {str(self.out)!r} holds a different run; these settings differ "
+                                  f"(saved, requested): {diff}. Use another --out, or --overwrite. Nothing was changed.")
+            self._load_checkpoint()
+        elif self.out.exists() and overwrite:
+            for name in ("run.json", "checkpoint.pt", "log.csv", "finetuned", "samples"):
+                p = self.out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = {"identity": self.cfg.run_identity(), "iterations": self.cfg.iterations, "timesteps": self.steps}
+        (self.out / "run.json").write_text(json.dumps(record, indent=1))
+        self._truncate_log()
+
+    def _saved_iteration(self) -> int:
+        ckpt = self.out / "checkpoint.pt"
+        return torch.load(ckpt, map_location="cpu", weights_only=False)["iteration"] if ckpt.exists() else 0
+
+    def _load_checkpoint(self) -> None:
+        ckpt_path = self.out / "checkpoint.pt"
+        if not ckpt_path.exists():
+            return
+        ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
+        self.unet.load_state_dict(ckpt["unet"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.iteration = ckpt["iteration"]
+
+    def save_checkpoint(self) -> None:
+        atomic_save({"unet": self.unet.state_dict(), "optimizer": self.opt.state_dict(), "iteration": self.iteration},
+                    self.out / "checkpoint.pt")
+
+    def _truncate_log(self) -> None:
+        log = self.out / "log.csv"
+        if not log.exists():
+            return
+        rows = [r for r in csv.DictReader(log.open()) if int(r["iteration"]) <= self.iteration]
+        with log.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["iteration", "loss", "grad_norm", "seconds"])
+            w.writeheader()
+            w.writerows(rows)
+
+    def _log(self, row: dict) -> None:
+        log = self.out / "log.csv"
+        new = not log.exists()
+        with log.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    # --- the method -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _precompute_real(self) -> torch.Tensor | None:
+        """Real features carry no gradient: embed the whole dataset once when it is small."""
+        if len(self.dataset) > 20_000:
+            return None
+        loader = DataLoader(self.dataset, batch_size=500, num_workers=self.cfg.workers)
+        return torch.cat([self.extractor(x.to(self.device)) for x, _ in loader])
+
+    def sample(self, seeds: list[int]) -> torch.Tensor:
+        """x_0 in [-1, 1] through the short chain (differentiable), noise seeded per sample."""
+        x_T = noise(seeds, self.model.sample_shape, device=self.device)
+        kw = {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
+        return SAMPLERS[self.cfg.sampler](self.unet, x_T, self.steps, self.model.alphas_cumprod,
+                                          checkpoint=self.cfg.checkpointing, generator=generators(seeds), **kw)
+
+    def loss(self, it: int, real_idx: list[int], real_images: torch.Tensor | None) -> torch.Tensor:
+        """Unbiased MMD^2 (eq. 7) between features of generated and real images."""
+        f_gen = self.extractor(to_unit(self.sample(_noise_seeds(self.cfg, it))))
+        if self.real_features is not None:
+            f_real = self.real_features[torch.as_tensor(real_idx, device=self.real_features.device)]
+        else:
+            with torch.no_grad():
+                f_real = self.extractor(real_images.to(self.device))
+        return mmd2_unbiased(f_gen, f_real, self.cfg.kernel)
+
+    def save_grid(self, name: str) -> Path:
+        from torchvision.utils import save_image
+
+        with torch.no_grad():
+            x = to_unit(self.sample(list(range(10**9, 10**9 + 64)))).cpu()
+        path = self.out / "samples" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scale = max(1, 64 // x.shape[-1])
+        save_image(torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest"), path, nrow=8)
+        return path
+
+    def run(self) -> Path:
+        """Finetune up to cfg.iterations, checkpointing and logging; export the pipeline; return its folder."""
+        cfg = self.cfg
+        if self.iteration == 0:
+            self.save_grid("iter_000000")
+        batches = _IterationBatches(len(self.dataset), cfg.batch_size, cfg.seed, self.iteration, cfg.iterations)
+        if self.real_features is None:  # load real images; their features are computed per batch
+            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.workers)
+            stream = ((None, x) for x, _ in loader)
+        else:
+            stream = ((idx, None) for idx in batches)
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"MMD-DDM {cfg.timesteps} steps",
+                   disable=not self.progress)
+        for idx, real in stream:
+            t0 = time.perf_counter()
+            loss = self.loss(self.iteration, idx, real)
+            if not torch.isfinite(loss):
+                raise MMDLibError(f"the loss became {loss.item()} at iteration {self.iteration}; stopped. The last "
+                                  f"good state is {self.out / 'checkpoint.pt'} (iteration {self._saved_iteration()}). "
+                                  f"Lower --lr or check the data.")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
+            if not torch.isfinite(gnorm):
+                raise MMDLibError(f"the gradient norm became {gnorm.item()} at iteration {self.iteration}; stopped "
+                                  f"without stepping. The last good state is {self.out / 'checkpoint.pt'}.")
+            self.opt.step()
+            self.iteration += 1
+            self._log({"iteration": self.iteration, "loss": f"{loss.item():.6g}", "grad_norm": f"{gnorm.item():.4g}",
+                       "seconds": f"{time.perf_counter() - t0:.4f}"})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+            if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations:
+                self.save_checkpoint()
+            if self.iteration % cfg.sample_every == 0 or self.iteration == cfg.iterations:
+                self.save_grid(f"iter_{self.iteration:06d}")
+        bar.close()
+        return save_pipeline(self.unet, self.out / "finetuned", cfg.timesteps, self.model.alphas_cumprod,
+                             cfg.schedule, meta={"finetune": dataclasses.asdict(self.cfg)})
+
+
+def finetune(model: LoadedModel, dataset: Dataset, config: FinetuneConfig, **kw) -> Path:
+    """Finetune ``model`` on ``dataset`` with ``config``; returns the exported DDIMPipeline folder."""
+    return Finetuner(model, dataset, config, **kw).run()

@@ -1,0 +1,138 @@
+import csv
+import json
+
+import pytest
+import torch
+from diffusers import DDIMPipeline
+from helpers import make_tiny_unet
+
+import mmdlib
+from mmdlib.finetune import FinetuneConfig, Finetuner, finetune
+from mmdlib.models import LoadedModel
+
+
+def tiny_model(seed: int = 0) -> LoadedModel:
+    return LoadedModel(make_tiny_unet(channels=1, size=8, seed=seed), mmdlib.alphas_cumprod(mmdlib.linear_betas()),
+                       "tiny")
+
+
+def cfg(tmp_path, **kw) -> FinetuneConfig:
+    base = dict(features="digits-a", timesteps=2, batch_size=8, lr=1e-3, iterations=4, save_every=2,
+                sample_every=2, out=str(tmp_path / "run"), device="cpu")
+    return FinetuneConfig(**{**base, **kw})
+
+
+def weights(unet):
+    return {k: v.clone() for k, v in unet.state_dict().items()}
+
+
+def test_finetuning_lowers_the_mmd_it_optimises(tmp_path):
+    ds = mmdlib.digits_dataset("train")
+    c = cfg(tmp_path, iterations=40, batch_size=32, lr=2e-3, grad_clip=10.0)
+    ft = Finetuner(tiny_model(), ds, c, progress=False)
+
+    def held_out_mmd():
+        with torch.no_grad():
+            x = mmdlib.to_unit(ft.sample(list(range(5000, 5256))))
+            return mmdlib.mmd2_unbiased(ft.extractor(x), ft.real_features, "cubic").item()
+
+    before = held_out_mmd()
+    path = ft.run()
+    after = held_out_mmd()
+    assert after < 0.7 * before, (before, after)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 41))
+    assert (tmp_path / "run" / "samples" / "iter_000000.png").exists()
+    assert (tmp_path / "run" / "samples" / "iter_000040.png").exists()
+    pipe = DDIMPipeline.from_pretrained(path)
+    assert json.loads((path / "mmdlib.json").read_text())["timesteps"] == [0, 500]
+    torch.testing.assert_close(pipe.unet.state_dict()["conv_in.weight"], ft.unet.state_dict()["conv_in.weight"])
+
+
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
+    ds = mmdlib.digits_dataset("train")
+    straight = Finetuner(tiny_model(), ds, cfg(tmp_path / "a"), progress=False)
+    straight.run()
+
+    interrupted = Finetuner(tiny_model(), ds, cfg(tmp_path / "b"), progress=False)
+    real_loss = Finetuner.loss
+
+    def crash_at_3(self, it, *a):
+        if it == 3:
+            raise KeyboardInterrupt
+        return real_loss(self, it, *a)
+
+    monkeypatch.setattr(Finetuner, "loss", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    monkeypatch.setattr(Finetuner, "loss", real_loss)
+    resumed = Finetuner(tiny_model(), ds, cfg(tmp_path / "b"), resume=True, progress=False)
+    assert resumed.iteration == 2
+    resumed.run()
+    a, b = weights(straight.unet), weights(resumed.unet)
+    assert not torch.equal(a["conv_in.weight"], weights(tiny_model().unet)["conv_in.weight"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
+    rows = list(csv.DictReader((tmp_path / "b" / "run" / "log.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    ds = mmdlib.digits_dataset("train")
+    ft = Finetuner(tiny_model(), ds, cfg(tmp_path, save_every=1), progress=False)
+    real_loss = Finetuner.loss
+    monkeypatch.setattr(Finetuner, "loss",
+                        lambda self, it, *a: real_loss(self, it, *a) * (float("nan") if it == 2 else 1.0))
+    with pytest.raises(mmdlib.MMDLibError, match="loss became nan at iteration 2; stopped.*iteration 2"):
+        ft.run()
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["unet"].values())
+
+
+def test_refuses_an_output_folder_holding_a_run(tmp_path):
+    ds = mmdlib.digits_dataset("train")
+    finetune(tiny_model(), ds, cfg(tmp_path, iterations=2), progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(mmdlib.MMDLibError, match="already holds a run .*--resume.*--overwrite.*Nothing was changed"):
+        Finetuner(tiny_model(), ds, cfg(tmp_path, iterations=2), progress=False)
+    with pytest.raises(mmdlib.MMDLibError, match="holds a different run; these settings differ.*'lr': \\(0.001, 0.01\\)"):
+        Finetuner(tiny_model(), ds, cfg(tmp_path, iterations=2, lr=1e-2), resume=True, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    ft = Finetuner(tiny_model(), ds, cfg(tmp_path, iterations=2), overwrite=True, progress=False)
+    assert ft.iteration == 0 and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"batch_size": 1}, "batch size 1 is too small.*at least 2"),
+    ({"kernel": "gauss"}, "unknown kernel 'gauss'; known: linear, cubic, rbf"),
+    ({"features": "vgg"}, "unknown features 'vgg'; known: inception, clip"),
+    ({"sampler": "euler"}, "unknown sampler 'euler'; known: ddim, ddpm"),
+    ({"schedule": "cosine"}, "unknown schedule 'cosine'; known: linear, quadratic"),
+    ({"timesteps": 0}, "budget must be an integer in 1..T=1000, got 0"),
+    ({"timesteps": 1001}, "budget must be an integer in 1..T=1000, got 1001"),
+])
+def test_bad_config(tmp_path, kw, msg):
+    with pytest.raises(mmdlib.MMDLibError, match=msg):
+        Finetuner(tiny_model(), mmdlib.digits_dataset("train"), cfg(tmp_path, **kw), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_that_does_not_fit_the_model(tmp_path):
+    rgb = mmdlib.data.TensorImages(torch.rand(10, 3, 32, 32))
+    with pytest.raises(mmdlib.MMDLibError, match=r"dataset images are \(3, 32, 32\) but the model generates \(1, 8, 8\)"):
+        Finetuner(tiny_model(), rgb, cfg(tmp_path), progress=False)
+
+
+def test_real_features_computed_per_batch_for_large_datasets(tmp_path, monkeypatch):
+    # Same losses whether real features are precomputed or embedded per batch.
+    ds = mmdlib.digits_dataset("train")
+    a = Finetuner(tiny_model(), ds, cfg(tmp_path / "a", iterations=2), progress=False)
+    monkeypatch.setattr(Finetuner, "_precompute_real", lambda self: None)
+    b = Finetuner(tiny_model(), ds, cfg(tmp_path / "b", iterations=2), progress=False)
+    assert a.real_features is not None and b.real_features is None
+    a.run()
+    b.run()
+    la = [r["loss"] for r in csv.DictReader((tmp_path / "a" / "run" / "log.csv").open())]
+    lb = [r["loss"] for r in csv.DictReader((tmp_path / "b" / "run" / "log.csv").open())]
+    assert [float(x) for x in la] == pytest.approx([float(x) for x in lb], rel=1e-5)
