@@ -81,7 +81,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     model = load_model(a.model)
     res = evaluate(model, a.dataset, a.split, [int(b) for b in a.budgets.split(",")], a.features.split(","), a.n,
-                   list(range(a.seeds)), a.sampler, a.schedule, a.inception, a.inception_weights, **_data_kw(a))
+                   list(range(a.seeds)), a.sampler, a.schedule, a.inception_weights, **_data_kw(a))
     text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -118,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", default=None, help=HELP["data_root"])
     ev.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
     ev.add_argument("--budgets", default="5,10,20", help="comma-separated sampling budgets")
-    ev.add_argument("--features", default="digits-a,digits-b", help="comma-separated feature spaces for FID/KID")
+    ev.add_argument("--features", default="digits-a,digits-b",
+                    help="comma-separated feature spaces (inception adds the Inception Score; clip gives FID_CLIP)")
     ev.add_argument("--n", type=int, default=5000, help="generated samples per budget and seed")
     ev.add_argument("--seeds", type=int, default=1, help="number of seeds (mean and std are reported)")
     ev.add_argument("--sampler", default="ddim", help="ddim or ddpm")
     ev.add_argument("--schedule", default="linear", help="linear or quadratic")
-    ev.add_argument("--inception", action="store_true", help="also torch-fidelity's FID, KID, IS, precision/recall")
     ev.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file")
     ev.add_argument("--out", default=None, help="also write the JSON here")
     ev.set_defaults(func=cmd_evaluate)

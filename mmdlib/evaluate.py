@@ -65,20 +65,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-class _Uint8Images(torch.utils.data.Dataset):
-    """[0, 1] float images as the uint8 RGB tensors torch-fidelity's inputs are."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = torch.round(self.images[i].clamp(0, 1) * 255).to(torch.uint8)
-        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
-
-
 def dataset_images(dataset, n: int | None = None, seed: int = 0) -> torch.Tensor:
     """All (or ``n`` seeded random) images of a dataset as one float tensor [N, C, H, W]."""
     idx = range(len(dataset)) if n is None or n >= len(dataset) else \
@@ -106,64 +92,61 @@ def reference_features(dataset_name: str, split: str, space: str, extractor: Fea
     return torch.load(cached("reference-features", key, build) / "features.pt").double()
 
 
-def inception_metrics(generated: torch.Tensor, real: torch.Tensor, cache_name: str | None = None,
-                      weights_path: str | None = None, device=None) -> dict:
-    """FID, KID, Inception Score and precision/recall from torch-fidelity itself, on in-memory images in [0, 1]."""
-    import torch_fidelity
+def precision_recall(f_gen: torch.Tensor, f_real: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019), torch-fidelity's implementation."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
 
-    from .cache import cache_dir
+    out = prc_features_to_metric(f_gen.float(), f_real.float(), prc_neighborhood=k, prc_batch_size=10000,
+                                 save_cpu_ram=True, verbose=False)
+    return float(out["precision"]), float(out["recall"])
 
-    out = torch_fidelity.calculate_metrics(
-        input1=_Uint8Images(generated), input2=_Uint8Images(real), fid=True, kid=True, isc=True, prc=True,
-        kid_subset_size=min(1000, len(generated), len(real)), cuda=torch.device(device or "cpu").type == "cuda",
-        input2_cache_name=cache_name, cache_root=str(cache_dir() / "torch-fidelity"), cache=cache_name is not None,
-        feature_extractor_weights_path=None if weights_path is None else str(weights_path), verbose=False,
-        save_cpu_ram=True)
-    return {"fid": out["frechet_inception_distance"], "kid": out["kernel_inception_distance_mean"],
-            "kid_std": out["kernel_inception_distance_std"], "is": out["inception_score_mean"],
-            "is_std": out["inception_score_std"], "precision": out["precision"], "recall": out["recall"]}
+
+def inception_score(extractor: FeatureExtractor, f_gen: torch.Tensor) -> tuple[float, float]:
+    """Inception Score from 2048-d Inception features via the classifier's unbiased logits (torch-fidelity's)."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = f_gen.float() @ extractor.net.fc.weight.detach().float().cpu().T
+    out = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
+    return float(out["inception_score_mean"]), float(out["inception_score_std"])
 
 
 def evaluate(model, dataset: str = "digits", split: str = "all", budgets: Sequence[int] = (5, 10, 20),
              spaces: Sequence[str] = ("digits-a", "digits-b"), n: int = 5000, seeds: Sequence[int] = (0,),
-             sampler: str = "ddim", schedule: str = "linear", inception: bool = False,
-             weights_path: str | None = None, device=None, progress: bool = True, **data_kw) -> dict:
-    """Score a model across budgets: FID and KID in each feature space (mean and std over seeds); with
-    ``inception=True`` also torch-fidelity's FID/KID/IS/precision/recall. Returns a plain dict
-    ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "fid_per_seed": [...]}}}``."""
+             sampler: str = "ddim", schedule: str = "linear", weights_path: str | None = None, device=None,
+             progress: bool = True, **data_kw) -> dict:
+    """Score a model across budgets in each feature space: FID, KID and precision/recall (mean and std
+    over seeds; all torch-fidelity's implementations), plus the Inception Score in the ``inception``
+    space (FID there is the standard FID; in ``clip`` it is FID_CLIP). Returns a plain dict
+    ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "precision": ..., "fid_per_seed": [...]}}}``."""
     from .features import get_feature_extractor
     from .schedules import timestep_subset
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractors = {s: get_feature_extractor(s).to(device) for s in spaces}
+    extractors = {s: get_feature_extractor(s, **({"weights_path": weights_path} if s == "inception" and weights_path
+                                                 else {})).to(device) for s in spaces}
     refs = {s: reference_features(dataset, split, s, extractors[s], device=device, **data_kw) for s in spaces}
-    real_images = None
     results: dict = {}
     for b in budgets:
         steps = timestep_subset(b, model.T, schedule)
-        per: dict = {s: {"fid": [], "kid": []} for s in spaces}
-        inc: list[dict] = []
+        per: dict = {s: {} for s in spaces}
         for seed in seeds:
             x = generate(model.unet, n, steps, model.alphas_cumprod, model.sample_shape, sampler=sampler, seed=seed,
                          device=device, progress=progress)
             for s in spaces:
                 f = embed(extractors[s], x, device=device)
-                per[s]["fid"].append(fid_from_features(f, refs[s]))
-                per[s]["kid"].append(kid_from_features(f, refs[s], subsets=50)[0])
-            if inception:
-                if real_images is None:
-                    from .data import get_dataset
-
-                    real_images = dataset_images(get_dataset(dataset, split=split, **data_kw))
-                inc.append(inception_metrics(x, real_images, f"mmdlib-{dataset}-{split}", weights_path, device))
+                scores = {"fid": fid_from_features(f, refs[s]), "kid": kid_from_features(f, refs[s], subsets=50)[0]}
+                scores["precision"], scores["recall"] = precision_recall(f, refs[s])
+                if s == "inception":
+                    scores["is"] = inception_score(extractors[s], f)[0]
+                for k, v in scores.items():
+                    per[s].setdefault(k, []).append(v)
         results[b] = {}
         for s in spaces:
-            fid, fid_sd = mean_std(per[s]["fid"])
-            kid, kid_sd = mean_std(per[s]["kid"])
-            results[b][s] = {"fid": fid, "fid_std": fid_sd, "kid": kid, "kid_std": kid_sd,
-                             "fid_per_seed": per[s]["fid"]}
-        if inception:
-            results[b]["inception"] = {k: mean_std([r[k] for r in inc])[0] for k in inc[0]}
+            row = {}
+            for k, vals in per[s].items():
+                row[k], row[f"{k}_std"] = mean_std(vals)
+            row["fid_per_seed"] = per[s]["fid"]
+            results[b][s] = row
     return results
 
 

@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mmdlib.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mmdlib", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("cmd,flags", [
+    ("finetune", ["--model", "--dataset", "--features", "--kernel", "--timesteps", "--schedule", "--sampler",
+                  "--batch-size", "--iterations", "--lr", "--seed", "--out", "--resume", "--overwrite"]),
+    ("evaluate", ["--model", "--budgets", "--features", "--n", "--seeds", "--inception-weights"]),
+    ("demo", ["--out", "--timesteps", "--iterations"]),
+])
+def test_help_lists_every_flag_with_its_default(cmd, flags):
+    out = run_cli(cmd, "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for f in flags:
+        assert f in text, f
+    assert "default" in text
+    if cmd == "finetune":
+        assert "(default: 5e-06)" in text and "(default: 128)" in text and "(default: cubic)" in text
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--model", "nope"], "model 'nope' is neither a known name"),
+    (["--kernel", "gauss"], "unknown kernel 'gauss'"),
+    (["--features", "vgg"], "unknown features 'vgg'"),
+    (["--sampler", "euler"], "unknown sampler 'euler'"),
+    (["--schedule", "cosine"], "unknown schedule 'cosine'"),
+    (["--batch-size", "1"], "batch size 1 is too small"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--model", "google/ddpm-cifar10-32"], "huggingface-cli download google/ddpm-cifar10-32"),
+])
+def test_bad_input_is_one_clear_message(tmp_path, monkeypatch, capsys, args, msg):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    # the digits base model is not needed to reject these: patch its loader to a tiny stand-in
+    from helpers import make_tiny_unet
+
+    import mmdlib
+    from mmdlib.models import LoadedModel
+    real_load = mmdlib.models.load_model
+    monkeypatch.setattr("mmdlib.load_model", lambda name, device="cpu": LoadedModel(
+        make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny") if name == "digits"
+        else real_load(name, device))
+    rc = main(["finetune", "--out", str(tmp_path / "o"), "--iterations", "1", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and msg in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_budget_zero_via_cli(tmp_path, capsys, monkeypatch):
+    from helpers import make_tiny_unet
+
+    import mmdlib
+    from mmdlib.models import LoadedModel
+    monkeypatch.setattr("mmdlib.load_model", lambda name, device="cpu": LoadedModel(
+        make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny"))
+    assert main(["finetune", "--out", str(tmp_path / "o"), "--timesteps", "0"]) == 2
+    assert "budget must be an integer in 1..T=1000, got 0" in capsys.readouterr().err
+
+
+def test_finetune_then_refuse_then_resume_via_cli(tmp_path, monkeypatch, capsys):
+    from helpers import make_tiny_unet
+
+    import mmdlib
+    from mmdlib.models import LoadedModel
+    monkeypatch.setattr("mmdlib.load_model", lambda name, device="cpu": LoadedModel(
+        make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny"))
+    args = ["finetune", "--features", "digits-a", "--batch-size", "4", "--timesteps", "2", "--out",
+            str(tmp_path / "o"), "--save-every", "1", "--device", "cpu"]
+    assert main([*args, "--iterations", "1"]) == 0
+    assert main([*args, "--iterations", "1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*args, "--iterations", "2", "--resume"]) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["iterations"] == 2 and (tmp_path / "o" / "finetuned" / "model_index.json").exists()

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from helpers import make_tiny_unet
+
+import mmdlib
+from mmdlib.evaluate import evaluate, fid_from_features, generate, kid_from_features, reference_features, table
+from mmdlib.models import LoadedModel
+
+
+def test_fid_matches_a_scipy_reference():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 6)), rng.normal(0.4, 1.3, size=(300, 6))
+    m1, m2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert fid_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kid_is_the_unbiased_cubic_mmd_on_subsets():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 8, generator=g, dtype=torch.float64), torch.randn(50, 8, generator=g, dtype=torch.float64) + 1
+    kid, _ = kid_from_features(a, b, subsets=1, subset_size=50)
+    assert kid == pytest.approx(mmdlib.mmd2_unbiased(a, b, "cubic").item(), rel=1e-9)
+
+
+def test_generate_is_seeded_per_sample_and_8_bit():
+    model = make_tiny_unet(1, 8)
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    a = generate(model, 6, [0, 500], ac, (1, 8, 8), batch_size=4, seed=3)
+    b = generate(model, 6, [0, 500], ac, (1, 8, 8), batch_size=6, seed=3)
+    torch.testing.assert_close(a, b, atol=1 / 255 + 1e-6, rtol=0)
+    assert (a * 255 - (a * 255).round()).abs().max() < 1e-4 and a.min() >= 0 and a.max() <= 1
+    assert not torch.equal(a, generate(model, 6, [0, 500], ac, (1, 8, 8), seed=4))
+
+
+def test_reference_features_are_cached(monkeypatch):
+    f1 = reference_features("digits", "test", "digits-a")
+    monkeypatch.setattr("mmdlib.evaluate.embed", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    f2 = reference_features("digits", "test", "digits-a")
+    assert f1.shape == (360, mmdlib.get_feature_extractor("digits-a").dim) and torch.equal(f1, f2)
+
+
+def test_evaluate_returns_a_plain_dict_and_a_table():
+    m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
+    res = evaluate(m, "digits", "test", budgets=(1, 2), spaces=("digits-b",), n=40, seeds=(0, 1), progress=False)
+    assert set(res) == {1, 2} and set(res[1]["digits-b"]) >= {"fid", "fid_std", "kid", "kid_std", "precision", "recall"}
+    assert len(res[2]["digits-b"]["fid_per_seed"]) == 2 and res[1]["digits-b"]["fid_std"] > 0
+    t = table({"DDIM": res}, "digits-b")
+    assert list(t.columns) == ["|T|=1", "|T|=2"] and t.loc["DDIM", "|T|=1"] == res[1]["digits-b"]["fid"]
+
+
+def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path, monkeypatch):
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+    monkeypatch.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+    torch.manual_seed(0)
+    net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    monkeypatch.undo()
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
+    res = evaluate(m, "digits", "test", budgets=(1,), spaces=("inception",), n=20, weights_path=tmp_path / "w.pth",
+                   progress=False)[1]["inception"]
+    assert set(res) >= {"fid", "kid", "precision", "recall", "is"} and all(np.isfinite(res[k]) for k in res if
+                                                                           k != "fid_per_seed")
+    # the Inception Score from our float path equals torch-fidelity's own uint8 path
+    x = generate(m.unet, 20, [0], m.alphas_cumprod, (1, 8, 8), seed=0)
+    logits = net(torch.round(x * 255).to(torch.uint8).expand(-1, 3, -1, -1))[1]
+    assert res["is"] == pytest.approx(isc_features_to_metric(logits)["inception_score_mean"], rel=1e-4)
