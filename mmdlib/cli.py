@@ -28,6 +28,8 @@ HELP = {
     "iterations": "finetuning iterations",
     "grad_clip": "maximum gradient norm",
     "checkpointing": "recompute each sampler step in the backward pass (less memory, same gradients)",
+    "precision": "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16; the MMD is always float64",
+    "compile": "torch.compile the UNet: auto (on for CUDA), on or off",
     "seed": "seed of real batches and noise (results do not depend on batch split)",
     "out": "output folder: finetuned/ pipeline, checkpoint.pt, log.csv, samples/",
     "save_every": "write checkpoint.pt every N iterations",

@@ -50,16 +50,15 @@ def test_evaluate_returns_a_plain_dict_and_a_table():
     assert list(t.columns) == ["|T|=1", "|T|=2"] and t.loc["DDIM", "|T|=1"] == res[1]["digits-b"]["fid"]
 
 
-def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path, monkeypatch):
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
+def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torch_fidelity.metric_isc import isc_features_to_metric
 
-    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-    monkeypatch.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
-    torch.manual_seed(0)
-    net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
-    monkeypatch.undo()
-    torch.save(net.state_dict(), tmp_path / "w.pth")
+    from mmdlib.features import write_random_inception_weights
+
+    write_random_inception_weights(tmp_path / "w.pth")
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(tmp_path / "w.pth"))
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
     res = evaluate(m, "digits", "test", budgets=(1,), spaces=("inception",), n=20, weights_path=tmp_path / "w.pth",
                    progress=False)[1]["inception"]

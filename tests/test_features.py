@@ -11,24 +11,9 @@ from mmdlib.features import get_feature_extractor
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
-    """A random-weights file in torch-fidelity's Inception key layout (He-initialised so activations stay O(1))."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
+    from mmdlib.features import write_random_inception_weights
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-    mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
-    torch.manual_seed(0)
-    net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    mp.undo()
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight)
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-    path = tmp_path_factory.mktemp("inception") / "weights.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "weights.pth")
 
 
 def test_inception_float_path_equals_torch_fidelity_uint8_path(inception_weights):
