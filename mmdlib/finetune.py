@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -105,26 +105,79 @@ def resolve_speed(cfg: FinetuneConfig, device: torch.device) -> dict:
 
 
 class _IterationBatches(Sampler):
-    """Real-image indices for iterations start..end-1, each drawn from a generator seeded by (seed, it)."""
+    """Real-image indices of the global batch for iterations start..end-1, each drawn from a generator
+    seeded by (seed, it); with ``part=(rank, world)`` only that rank's contiguous share."""
 
-    def __init__(self, n: int, batch: int, seed: int, start: int, end: int):
-        self.n, self.batch, self.seed, self.start, self.end = n, batch, seed, start, end
+    def __init__(self, n: int, batch: int, seed: int, start: int, end: int, part: tuple[int, int] = (0, 1)):
+        self.n, self.batch, self.seed, self.start, self.end, self.part = n, batch, seed, start, end, part
 
     def __iter__(self) -> Iterator[list[int]]:
+        rank, world = self.part
+        share = self.batch // world
         for it in range(self.start, self.end):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + it)
             if self.batch <= self.n:
-                yield torch.randperm(self.n, generator=g)[: self.batch].tolist()
+                idx = torch.randperm(self.n, generator=g)[: self.batch].tolist()
             else:
-                yield torch.randint(self.n, (self.batch,), generator=g).tolist()
+                idx = torch.randint(self.n, (self.batch,), generator=g).tolist()
+            yield idx[rank * share:(rank + 1) * share]
 
     def __len__(self) -> int:
         return self.end - self.start
 
 
-def _noise_seeds(cfg: FinetuneConfig, it: int) -> list[int]:
-    base = (cfg.seed * 1_000_003 + it) * cfg.batch_size
-    return [base + i for i in range(cfg.batch_size)]
+def _noise_seeds(cfg: FinetuneConfig, it: int, part: tuple[int, int] = (0, 1)) -> list[int]:
+    """Per-sample noise seeds of iteration ``it``'s global batch (or one rank's contiguous share)."""
+    rank, world = part
+    share = cfg.batch_size // world
+    base = (cfg.seed * 1_000_003 + it) * cfg.batch_size + rank * share
+    return [base + i for i in range(share)]
+
+
+class _Processes:
+    """Who we are among the processes ``accelerate launch`` (or torchrun, or notebook_launcher) started."""
+
+    def __init__(self, device: str):
+        self.world, self.rank, self.state = int(os.environ.get("WORLD_SIZE", "1")), 0, None
+        if self.world > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+            self.world, self.rank = self.state.num_processes, self.state.process_index
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, name: str) -> torch.device:
+        return self.state.device if self.state is not None else pick_device(name)
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    def gather_with_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """All ranks' rows, in rank order; the gradient flows back to each rank's own rows."""
+        if self.world == 1:
+            return x
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x))
+
+    def average_gradients(self, params) -> None:
+        """The loss is the same global MMD^2 on every rank, and all_gather's backward sums each rank's
+        share, so averaging the per-rank gradients gives the exact gradient of the global loss."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, v in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(v)
 
 
 def check_fit(model: LoadedModel, dataset: Dataset) -> None:
@@ -141,9 +194,14 @@ class Finetuner:
     def __init__(self, model: LoadedModel, dataset: Dataset, cfg: FinetuneConfig,
                  extractor: FeatureExtractor | None = None, resume: bool = False, overwrite: bool = False,
                  progress: bool = True):
-        self.cfg, self.model, self.dataset, self.progress = cfg.check(), model, dataset, progress
+        self.cfg, self.model, self.dataset = cfg.check(), model, dataset
         check_fit(model, dataset)
-        self.device = pick_device(cfg.device)
+        self.procs = _Processes(cfg.device)
+        if cfg.batch_size % self.procs.world:
+            raise MMDLibError(f"batch size {cfg.batch_size} (the global batch) does not divide among "
+                              f"{self.procs.world} processes; use a multiple of {self.procs.world}.")
+        self.progress = progress and self.procs.main
+        self.device = self.procs.device(cfg.device)
         self.steps = timestep_subset(cfg.timesteps, model.T, cfg.schedule)
         self.speed = resolve_speed(cfg, self.device)
         fmt = torch.channels_last if self.speed["channels_last"] else torch.preserve_format
@@ -160,6 +218,7 @@ class Finetuner:
 
     # --- output folder, checkpoints -------------------------------------------------------------------
     def _prepare_out(self, resume: bool, overwrite: bool) -> None:
+        """Every rank checks the folder; only the main process writes, after all have checked."""
         run_file = self.out / "run.json"
         if run_file.exists() and not overwrite:
             old = json.loads(run_file.read_text())
@@ -173,14 +232,17 @@ class Finetuner:
                 raise MMDLibError(f"the output folder {str(self.out)!r} holds a different run; these settings differ "
                                   f"(saved, requested): {diff}. Use another --out, or --overwrite. Nothing was changed.")
             self._load_checkpoint()
-        elif self.out.exists() and overwrite:
-            for name in ("run.json", "checkpoint.pt", "log.csv", "finetuned", "samples"):
-                p = self.out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        record = {"identity": self.cfg.run_identity(), "iterations": self.cfg.iterations, "timesteps": self.steps}
-        (self.out / "run.json").write_text(json.dumps(record, indent=1))
-        self._truncate_log()
+        self.procs.barrier()
+        if self.procs.main:
+            if overwrite:
+                for name in ("run.json", "checkpoint.pt", "log.csv", "finetuned", "samples"):
+                    p = self.out / name
+                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
+            record = {"identity": self.cfg.run_identity(), "iterations": self.cfg.iterations, "timesteps": self.steps}
+            (self.out / "run.json").write_text(json.dumps(record, indent=1))
+            self._truncate_log()
+        self.procs.barrier()
 
     def _saved_iteration(self) -> int:
         ckpt = self.out / "checkpoint.pt"
@@ -196,6 +258,8 @@ class Finetuner:
         self.iteration = ckpt["iteration"]
 
     def save_checkpoint(self) -> None:
+        if not self.procs.main:
+            return
         atomic_save({"unet": self.unet.state_dict(), "optimizer": self.opt.state_dict(), "iteration": self.iteration},
                     self.out / "checkpoint.pt")
 
@@ -210,6 +274,8 @@ class Finetuner:
             w.writerows(rows)
 
     def _log(self, row: dict) -> None:
+        if not self.procs.main:
+            return
         log = self.out / "log.csv"
         new = not log.exists()
         with log.open("a", newline="") as f:
@@ -240,17 +306,22 @@ class Finetuner:
                                           checkpoint=self.cfg.checkpointing, generator=generators(seeds), **kw)
 
     def loss(self, it: int, real_idx: list[int], real_images: torch.Tensor | None) -> torch.Tensor:
-        """Unbiased MMD^2 (eq. 7) between features of generated and real images (kernel sums in float64)."""
+        """Unbiased MMD^2 (eq. 7) on the global batch (kernel sums in float64). Each process generates its
+        share of the batch; features are all-gathered with their gradient, so every process computes the
+        same estimate as one process with the whole batch would."""
+        part = (self.procs.rank, self.procs.world)
         with self._autocast():
-            f_gen = self.extractor(to_unit(self.sample(_noise_seeds(self.cfg, it)).float()))
-            if self.real_features is not None:
+            f_gen = self.extractor(to_unit(self.sample(_noise_seeds(self.cfg, it, part)).float()))
+            if self.real_features is not None:  # real_idx is the global batch's
                 f_real = self.real_features[torch.as_tensor(real_idx, device=self.real_features.device)]
-            else:
+            else:  # real_images are this rank's share
                 with torch.no_grad():
-                    f_real = self.extractor(real_images.to(self.device))
-        return mmd2_unbiased(f_gen, f_real, self.cfg.kernel)
+                    f_real = self.procs.gather_with_grad(self.extractor(real_images.to(self.device)).float())
+        return mmd2_unbiased(self.procs.gather_with_grad(f_gen.float()), f_real, self.cfg.kernel)
 
-    def save_grid(self, name: str) -> Path:
+    def save_grid(self, name: str) -> Path | None:
+        if not self.procs.main:
+            return None
         from torchvision.utils import save_image
 
         with torch.no_grad():
@@ -267,8 +338,10 @@ class Finetuner:
         if self.iteration == 0:
             self.save_grid("iter_000000")
         batches = _IterationBatches(len(self.dataset), cfg.batch_size, cfg.seed, self.iteration, cfg.iterations)
-        if self.real_features is None:  # load real images; their features are computed per batch
-            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.workers)
+        if self.real_features is None:  # load this rank's real images; their features are computed per batch
+            mine = _IterationBatches(len(self.dataset), cfg.batch_size, cfg.seed, self.iteration, cfg.iterations,
+                                     part=(self.procs.rank, self.procs.world))
+            loader = DataLoader(self.dataset, batch_sampler=mine, num_workers=cfg.workers)
             stream = ((None, x) for x, _ in loader)
         else:
             stream = ((idx, None) for idx in batches)
@@ -283,6 +356,7 @@ class Finetuner:
                                   f"Lower --lr or check the data.")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.procs.average_gradients(self.unet.parameters())
             gnorm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
             if not torch.isfinite(gnorm):
                 raise MMDLibError(f"the gradient norm became {gnorm.item()} at iteration {self.iteration}; stopped "
@@ -298,8 +372,12 @@ class Finetuner:
             if self.iteration % cfg.sample_every == 0 or self.iteration == cfg.iterations:
                 self.save_grid(f"iter_{self.iteration:06d}")
         bar.close()
-        return save_pipeline(self.unet, self.out / "finetuned", cfg.timesteps, self.model.alphas_cumprod,
-                             cfg.schedule, meta={"finetune": dataclasses.asdict(self.cfg)})
+        path = self.out / "finetuned"
+        if self.procs.main:
+            save_pipeline(self.unet, path, cfg.timesteps, self.model.alphas_cumprod, cfg.schedule,
+                          meta={"finetune": dataclasses.asdict(self.cfg)})
+        self.procs.barrier()
+        return path
 
 
 def finetune(model: LoadedModel, dataset: Dataset, config: FinetuneConfig, **kw) -> Path:

@@ -42,3 +42,17 @@ def test_cached_model_loads_through_load_model_and_in_a_second_process():
     assert out.stdout.strip() == str(path)
     assert digits_model_path(DigitsModelConfig(block_out_channels=(8, 16), iterations=31, batch_size=16,
                                                warmup=5), progress=False) != path
+
+
+def test_the_config_alone_determines_the_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    weights = []
+    for i, folder in enumerate(("a", "b")):
+        monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / folder))
+        torch.randn(17 * (i + 1))  # whatever the process did before must not matter
+        path = digits_model_path(TINY, progress=False)
+        weights.append(load_file(path / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k

@@ -1,0 +1,105 @@
+"""Several processes (accelerate launch, gloo on the CPU) compute the same global-batch MMD and the same
+weights as one process with the whole batch."""
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_tiny_unet
+
+import mmdlib
+from mmdlib.models import save_pipeline
+
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    save_pipeline(make_tiny_unet(1, 8), path, budget=2)
+    mmdlib.get_feature_extractor("digits-a")  # build the classifier once, before processes race for it
+    return path
+
+
+def finetune_args(model_dir, out, *extra):
+    return ["finetune", "--model", str(model_dir), "--dataset", "digits", "--features", "digits-a",
+            "--timesteps", "2", "--batch-size", "8", "--iterations", "2", "--lr", "1e-3", "--grad-clip", "100",
+            "--save-every", "1", "--device", "cpu", "--out", str(out), *extra]
+
+
+def launch(n, args, script=None):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    target = [script] if script else ["-m", "mmdlib"]
+    cmd = ([sys.executable] if n == 1 else
+           [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"])
+    return subprocess.run(cmd + target + args, capture_output=True, text=True, env=env, timeout=600)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    # The attention key bias shifts every logit of a softmax row equally, so its true gradient is zero;
+    # Adam blows its rounding noise up to full-size steps, which differ with the summation order.
+    for k in a:
+        if not k.endswith("to_k.bias"):
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def losses(out):
+    return [float(r["loss"]) for r in csv.DictReader((out / "log.csv").open())]
+
+
+def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path, tiny_model_dir):
+    one = launch(1, finetune_args(tiny_model_dir, tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(2, finetune_args(tiny_model_dir, tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    a = mmdlib.load_model(str(tmp_path / "one" / "finetuned")).unet.state_dict()
+    b = mmdlib.load_model(str(tmp_path / "two" / "finetuned")).unet.state_dict()
+    start = make_tiny_unet(1, 8).state_dict()
+    assert not torch.allclose(a["conv_in.weight"], start["conv_in.weight"])
+    assert_same_weights(a, b)
+    # only the main process wrote: one log row per iteration
+    assert len(losses(tmp_path / "two")) == 2
+
+
+def test_resume_with_a_different_number_of_processes(tmp_path, tiny_model_dir):
+    # 2 iterations on 2 processes, then resumed to 4 on 1 process == 4 iterations on 1 process.
+    first = launch(2, finetune_args(tiny_model_dir, tmp_path / "r"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    more = finetune_args(tiny_model_dir, tmp_path / "r", "--resume")
+    more[more.index("--iterations") + 1] = "4"
+    assert launch(1, more).returncode == 0
+    straight = finetune_args(tiny_model_dir, tmp_path / "s")
+    straight[straight.index("--iterations") + 1] = "4"
+    assert launch(1, straight).returncode == 0
+    assert losses(tmp_path / "r") == pytest.approx(losses(tmp_path / "s"), rel=1e-5)
+    a = mmdlib.load_model(str(tmp_path / "s" / "finetuned")).unet.state_dict()
+    b = mmdlib.load_model(str(tmp_path / "r" / "finetuned")).unet.state_dict()
+    assert_same_weights(a, b)
+
+
+def test_a_failing_rank_leaves_no_half_written_checkpoint(tmp_path, tiny_model_dir):
+    script = tmp_path / "fail_rank1.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from mmdlib.finetune import Finetuner
+        real = Finetuner.loss
+        def loss(self, it, *a):
+            if it == 1 and self.procs.rank == 1:
+                os._exit(3)  # a rank dies mid-run
+            return real(self, it, *a)
+        Finetuner.loss = loss
+        from mmdlib.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    out = tmp_path / "f"
+    res = launch(2, finetune_args(tiny_model_dir, out), script=str(script))
+    assert res.returncode != 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["iteration"] == 1 and all(torch.isfinite(v).all() for v in ckpt["unet"].values())
+    assert not [p for p in out.iterdir() if p.name.startswith(".checkpoint.pt")]
