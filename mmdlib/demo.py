@@ -14,6 +14,7 @@ from .evaluate import evaluate
 from .features import to_unit
 from .finetune import FinetuneConfig, Finetuner
 from .models import load_model, save_pipeline
+from .plots import save_grid
 from .sampling import noise
 from .schedules import timestep_subset
 
@@ -27,13 +28,6 @@ def gap_closed(before: dict, after: dict, budget: int, space: str = MEASURED_IN,
     """Share of the base model's budget-to-reference FID gap that finetuning closes (1 = reaches 20-step FID)."""
     gap = before[budget][space]["fid"] - before[reference][space]["fid"]
     return (before[budget][space]["fid"] - after[budget][space]["fid"]) / gap if gap > 0 else float("nan")
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    from torchvision.utils import save_image
-
-    scale = max(1, 64 // images.shape[-1])
-    save_image(torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest"), path, nrow=nrow, padding=1)
 
 
 def _grid_samples(model, budget: int) -> torch.Tensor:

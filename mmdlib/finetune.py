@@ -25,6 +25,7 @@ from .evaluate import SAMPLERS
 from .features import FEATURES, FeatureExtractor, get_feature_extractor, to_unit
 from .mmd import KERNELS, mmd2_unbiased
 from .models import LoadedModel, save_pipeline
+from .plots import save_grid
 from .sampling import generators, noise
 from .schedules import SUBSETS, timestep_subset
 
@@ -320,17 +321,12 @@ class Finetuner:
         return mmd2_unbiased(self.procs.gather_with_grad(f_gen.float()), f_real, self.cfg.kernel)
 
     def save_grid(self, name: str) -> Path | None:
+        """64 samples from fixed noise (the same at every call), on the main process."""
         if not self.procs.main:
             return None
-        from torchvision.utils import save_image
-
         with torch.no_grad():
-            x = to_unit(self.sample(list(range(10**9, 10**9 + 64)))).cpu()
-        path = self.out / "samples" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scale = max(1, 64 // x.shape[-1])
-        save_image(torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest"), path, nrow=8)
-        return path
+            x = to_unit(self.sample(list(range(10**9, 10**9 + 64))).float())
+        return save_grid(x, self.out / "samples" / f"{name}.png")
 
     def run(self) -> Path:
         """Finetune up to cfg.iterations, checkpointing and logging; export the pipeline; return its folder."""
