@@ -26,7 +26,7 @@ class DigitsModelConfig:
     layers_per_block: int = 1
     attention: bool = True
     T: int = 1000
-    iterations: int = 2500
+    iterations: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 200
