@@ -103,3 +103,31 @@ def test_a_failing_rank_leaves_no_half_written_checkpoint(tmp_path, tiny_model_d
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["iteration"] == 1 and all(torch.isfinite(v).all() for v in ckpt["unet"].values())
     assert not [p for p in out.iterdir() if p.name.startswith(".checkpoint.pt")]
+
+
+def test_notebook_launcher_gives_the_single_process_losses(tmp_path):
+    # A notebook's entry point: accelerate.notebook_launcher(finetune, ...), here in a fresh interpreter.
+    script = tmp_path / "nb.py"
+    script.write_text(textwrap.dedent(f"""
+        import csv, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import mmdlib
+        from accelerate import notebook_launcher
+        from helpers import make_tiny_unet
+        from mmdlib.finetune import FinetuneConfig, finetune
+        from mmdlib.models import LoadedModel
+
+        def run(out):
+            m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
+            cfg = FinetuneConfig(features="digits-a", timesteps=2, batch_size=8, iterations=2, lr=1e-3, out=out,
+                                 device="cpu")
+            finetune(m, mmdlib.digits_dataset("train"), cfg, progress=False)
+
+        if __name__ == "__main__":
+            notebook_launcher(run, ({str(tmp_path / 'nb')!r},), num_processes=2)
+            run({str(tmp_path / 'one')!r})
+    """))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert losses(tmp_path / "nb") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
