@@ -4,6 +4,7 @@ Finetune a pretrained diffusion model for a fixed, small budget of sampling step
 unbiased MMD^2 between perceptual features of generated and real images, backpropagating through the
 short sampling chain.
 """
+from .cache import smoke_test
 from .data import DATASETS, digits_dataset, get_dataset
 from .errors import MMDLibError
 from .features import FEATURES, FeatureExtractor, get_feature_extractor, to_unit
@@ -18,6 +19,6 @@ __all__ = [
     "DATASETS", "FEATURES", "FeatureExtractor", "KERNELS", "LoadedModel", "MMDLibError", "MODELS", "SUBSETS",
     "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample", "digits_dataset", "generators",
     "get_dataset", "get_feature_extractor", "get_kernel", "linear_betas", "linear_kernel", "load_model",
-    "mmd2_unbiased", "noise", "predict_eps", "randn", "rbf_kernel", "save_pipeline", "slerp", "timestep_subset",
-    "to_unit",
+    "mmd2_unbiased", "noise", "predict_eps", "randn", "rbf_kernel", "save_pipeline", "slerp", "smoke_test",
+    "timestep_subset", "to_unit",
 ]

@@ -22,6 +22,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMDLIB_CACHE") or Path.home() / ".cache" / "mmdlib")
 
 
+def smoke_test() -> bool:
+    """True when ``MMDLIB_SMOKE=1``: the embedded default shrinks (a tiny base model, classifiers trained for
+    one epoch) and the notebooks run in seconds. For tests and CI; results are meaningless."""
+    return os.environ.get("MMDLIB_SMOKE", "0").lower() in ("1", "true", "yes", "on")
+
+
 def config_key(config: dict) -> str:
     """A short stable hash of a JSON-serialisable config."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -102,10 +102,11 @@ def precision_recall(f_gen: torch.Tensor, f_real: torch.Tensor, k: int = 3) -> t
 
 
 def inception_score(extractor: FeatureExtractor, f_gen: torch.Tensor) -> tuple[float, float]:
-    """Inception Score from 2048-d Inception features via the classifier's unbiased logits (torch-fidelity's)."""
+    """Inception Score (torch-fidelity's implementation) from features, through the extractor's classifier
+    (``extractor.logits``): Inception's 1008 classes, or the 10 digits in the ``digits-*`` spaces."""
     from torch_fidelity.metric_isc import isc_features_to_metric
 
-    logits = f_gen.float() @ extractor.net.fc.weight.detach().float().cpu().T
+    logits = extractor.logits(f_gen.float().to(next(extractor.parameters()).device)).float().cpu()
     out = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
     return float(out["inception_score_mean"]), float(out["inception_score_std"])
 
@@ -115,8 +116,9 @@ def evaluate(model, dataset: str = "digits", split: str = "all", budgets: Sequen
              sampler: str = "ddim", schedule: str = "linear", weights_path: str | None = None, device=None,
              progress: bool = True, **data_kw) -> dict:
     """Score a model across budgets in each feature space: FID, KID and precision/recall (mean and std
-    over seeds; all torch-fidelity's implementations), plus the Inception Score in the ``inception``
-    space (FID there is the standard FID; in ``clip`` it is FID_CLIP). Returns a plain dict
+    over seeds; all torch-fidelity's implementations), plus the Inception Score where the space has a
+    classifier (``inception``; the ``digits-*`` spaces score with their digit classifier). FID in
+    ``inception`` is the standard FID; in ``clip`` it is FID_CLIP. Returns a plain dict
     ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "precision": ..., "fid_per_seed": [...]}}}``."""
     from .features import get_feature_extractor
     from .schedules import timestep_subset
@@ -136,7 +138,7 @@ def evaluate(model, dataset: str = "digits", split: str = "all", budgets: Sequen
                 f = embed(extractors[s], x, device=device)
                 scores = {"fid": fid_from_features(f, refs[s]), "kid": kid_from_features(f, refs[s], subsets=50)[0]}
                 scores["precision"], scores["recall"] = precision_recall(f, refs[s])
-                if s == "inception":
+                if hasattr(extractors[s], "logits"):
                     scores["is"] = inception_score(extractors[s], f)[0]
                 for k, v in scores.items():
                     per[s].setdefault(k, []).append(v)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import cached
+from .cache import cached, smoke_test
 from .errors import MMDLibError
 
 RANGE_TOLERANCE = 1e-3
@@ -103,6 +103,10 @@ class InceptionFeatures(FeatureExtractor):
         for name in _INCEPTION_LAYERS:
             x = getattr(self.net, name)(x)
         return torch.flatten(x, 1).to(torch.float32)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits from '2048' features: torch-fidelity's 'logits_unbiased' (the IS input)."""
+        return features.float() @ self.net.fc.weight.detach().float().to(features.device).T
 
 
 def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
@@ -252,6 +256,8 @@ class DigitsFeatures(FeatureExtractor):
     def __init__(self, name: str = "digits-a"):
         super().__init__()
         self.name, cfg = name, DIGITS_NETS[name]
+        if smoke_test():  # MMDLIB_SMOKE=1: one epoch, for tests of the notebooks
+            cfg = dataclasses.replace(cfg, epochs=1)
 
         def build(tmp: Path) -> None:
             net, acc, mean, std = train_digits_net(cfg)
@@ -270,6 +276,13 @@ class DigitsFeatures(FeatureExtractor):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return (self.net.raw_features(images) - self.mean) / self.std
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier's 10 digit logits from features (undoing the standardisation of the first block)."""
+        h = self.net.head.in_features
+        f = features.to(self.mean.device, self.mean.dtype)[:, :h] * self.std[:h] + self.mean[:h]
+        return self.net.head(f)
 
 
 FEATURES: dict[str, Callable[..., FeatureExtractor]] = {

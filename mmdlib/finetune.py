@@ -81,9 +81,10 @@ class FinetuneConfig:
         return self
 
     def run_identity(self) -> dict:
-        """What makes two runs the same run (iterations may grow on resume; output knobs do not count)."""
+        """What makes two runs the same run (iterations may grow on resume; output knobs and checkpointing,
+        which gives the same gradients, do not count)."""
         d = dataclasses.asdict(self)
-        for k in ("iterations", "out", "save_every", "sample_every", "workers", "device", "compile"):
+        for k in ("iterations", "out", "save_every", "sample_every", "workers", "device", "compile", "checkpointing"):
             d.pop(k)
         d["adam_betas"] = list(d["adam_betas"])
         return d

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cached
+from .cache import cached, smoke_test
 from .data import digits_dataset
 from .schedules import alphas_cumprod, linear_betas
 
@@ -83,8 +83,18 @@ def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: boo
     return ema.eval()
 
 
-def digits_model_path(cfg: DigitsModelConfig = DigitsModelConfig(), progress: bool = True) -> Path:
+# MMDLIB_SMOKE=1: a base model that trains in seconds (for tests of the notebooks; its samples are noise)
+SMOKE_CONFIG = DigitsModelConfig(block_out_channels=(8, 16), iterations=20, batch_size=16, warmup=5)
+
+
+def default_config() -> DigitsModelConfig:
+    """The embedded base model's recipe (the tiny smoke recipe under MMDLIB_SMOKE=1)."""
+    return SMOKE_CONFIG if smoke_test() else DigitsModelConfig()
+
+
+def digits_model_path(cfg: DigitsModelConfig | None = None, progress: bool = True) -> Path:
     """The cached diffusers folder of the digits base model, trained now if missing."""
+    cfg = cfg or default_config()
 
     def build(tmp: Path) -> None:
         from diffusers import DDPMScheduler

@@ -1,0 +1,148 @@
+"""The notebooks' building blocks: cached runs and scores, nearest neighbours, the 2-D toy, the paper's
+reported tables, figures, and the smoke switch."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_unet
+
+import mmdlib
+from mmdlib import experiments as ex
+from mmdlib import toy
+from mmdlib.evaluate import evaluate
+from mmdlib.finetune import Finetuner
+from mmdlib.models import load_model, save_pipeline
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    return str(save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=2))
+
+
+def tiny_cfg(folder, **kw):
+    base = dict(model=folder, dataset="digits", split="test", features="digits-a", timesteps=2, batch_size=8,
+                lr=1e-3, iterations=3, device="cpu")
+    return ex.config(**{**base, **kw})
+
+
+def direct_weights(cfg, out):
+    """The same finetune run straight through the Finetuner (not through the cache)."""
+    model = load_model(cfg.model)
+    Finetuner(model, mmdlib.digits_dataset(cfg.split), dataclasses.replace(cfg, out=str(out)), progress=False).run()
+    return model.unet.state_dict()
+
+
+def test_a_cached_finetune_equals_a_direct_one_and_is_not_rerun(tiny_folder, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_folder)
+    run = ex.finetuned(cfg, progress=False)
+    assert list(run.log()["iteration"]) == [1, 2, 3]
+    assert (run.folder / "finetuned" / "mmdlib.json").is_file() and not ex.run_folder(cfg).exists()
+    want = direct_weights(cfg, tmp_path / "direct")
+    assert all(torch.equal(v, want[k]) for k, v in run.model.unet.state_dict().items())
+
+    monkeypatch.setattr(Finetuner, "run", lambda self: pytest.fail("a cached finetune was run again"))
+    again = ex.finetuned(dataclasses.replace(cfg, save_every=1, checkpointing=True), progress=False)  # same identity
+    assert again.folder == run.folder
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_weights(tiny_folder, tmp_path):
+    cfg = tiny_cfg(tiny_folder, iterations=4)
+    # a run that stopped after 2 of 4 iterations, left in its run folder
+    Finetuner(load_model(tiny_folder), mmdlib.digits_dataset("test"),
+              dataclasses.replace(cfg, iterations=2, out=str(ex.run_folder(cfg))), progress=False).run()
+    run = ex.finetuned(cfg, progress=False)
+    assert list(run.log()["iteration"]) == [1, 2, 3, 4]
+    want = direct_weights(cfg, tmp_path / "direct")
+    assert all(torch.equal(v, want[k]) for k, v in run.model.unet.state_dict().items())
+
+
+def test_cached_scores_equal_evaluate_and_are_not_recomputed(tiny_folder, monkeypatch):
+    run = ex.base(tiny_folder)
+    kw = dict(dataset="digits", split="test", budgets=[1, 2], spaces=["digits-b"], n=40)
+    got = ex.scores(run, seeds=2, progress=False, **kw)
+    assert got == evaluate(run.model, seeds=[0, 1], progress=False, **kw)
+    monkeypatch.setattr(ex, "evaluate", lambda *a, **k: pytest.fail("cached scores were recomputed"))
+    assert ex.scores(run, seeds=2, progress=False, **kw) == got
+
+
+def test_nearest_real_images_match_brute_force_and_find_an_image_itself():
+    real = mmdlib.digits_dataset("test").images.float()
+    fx = mmdlib.get_feature_extractor("digits-b")
+    with torch.no_grad():
+        f_real = fx(real).double().numpy()
+    queries = real[[3, 10, 50]] * 0.9  # dimmer copies: their nearest real image is the original
+    d, idx = ex.nearest_real(queries, "digits", "test", "digits-b", k=4)
+    with torch.no_grad():
+        f_q = fx(queries).double().numpy()
+    brute = np.sqrt(((f_q[:, None] - f_real[None]) ** 2).sum(-1))
+    assert idx[:, 0].tolist() == [3, 10, 50]
+    assert np.array_equal(idx.numpy(), np.argsort(brute, 1)[:, :4])
+    np.testing.assert_allclose(d.numpy(), np.sort(brute, 1)[:, :4], rtol=1e-6)
+
+    nn = ex.real_nearest_distance("digits", "test", "digits-b", n=20, seed=1)
+    pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(1))[:20].numpy()
+    full = np.sqrt(((f_real[pick, None] - f_real[None]) ** 2).sum(-1))
+    full[np.arange(20), pick] = np.inf  # not itself
+    np.testing.assert_allclose(nn.numpy(), full.min(1), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_toy_model_snaps_back_onto_the_ring_after_mmd_finetuning():
+    data = toy.toy_data(4000)
+    assert data.shape == (4000, 2) and abs(data.norm(dim=1).mean().item() - 1) < 0.01
+    model, ac, losses = toy.train_toy(data)  # the theory chapter's settings
+    steps = mmdlib.timestep_subset(5)
+
+    def off_ring():
+        with torch.no_grad():
+            x = mmdlib.ddim_sample(model, torch.randn(1000, 2, generator=torch.Generator().manual_seed(9)), steps, ac)
+        return (x.norm(dim=1) - 1).abs().mean().item()
+
+    before = off_ring()
+    mmd = toy.finetune_toy(model, data, ac, steps)
+    assert np.mean(mmd[-20:]) < np.mean(mmd[:20])
+    assert before > 0.3 and off_ring() < 0.25 * before  # the chapter shows 0.35 -> 0.03 (the data: 0.04)
+
+
+def test_digit_logits_from_features_equal_the_classifier():
+    fx = mmdlib.get_feature_extractor("digits-b")
+    x = mmdlib.digits_dataset("test").images.float()[:50]
+    with torch.no_grad():
+        torch.testing.assert_close(fx.logits(fx(x)), fx.net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_reported_tables_are_well_formed_and_hold_the_papers_numbers():
+    from mmdlib.reported import TABLES, reported_table
+
+    for t in TABLES.values():
+        assert all(len(v) == len(t["columns"]) for v in t["rows"].values())
+    t1 = reported_table(1)
+    assert t1.loc["DDIM", "|T|=5"] == 32.7 and t1.loc["DDIM + MMD-DDM (Inception-V3)", "|T|=5"] == 5.48
+    assert np.isnan(t1.loc["FastDPM", "|T|=5"]) and "as reported in the paper" in t1.attrs["caption"]
+    assert reported_table(9).loc["DDPM + MMD-DDM", "|T|=20"] == 4.48
+
+
+def test_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mmdlib.plots import metric_vs_steps, show_grids, show_rows
+
+    x = torch.rand(16, 1, 8, 8)
+    assert len(show_grids({"a": x, "b": torch.rand(16, 3, 8, 8)}).axes) == 2
+    assert len(show_rows({"r0": x[:5], "r1": x[:3]}).axes) == 10
+    res = {"m": {5: {"s": {"fid": 3.0}}, 10: {"s": {"fid": 2.0}}}}
+    ax = metric_vs_steps(res, "s")
+    assert list(ax.lines[0].get_ydata()) == [3.0, 2.0]
+
+
+def test_the_smoke_switch_shrinks_the_embedded_default(monkeypatch):
+    from mmdlib.pretrain import SMOKE_CONFIG, DigitsModelConfig, default_config
+
+    monkeypatch.delenv("MMDLIB_SMOKE", raising=False)
+    assert not mmdlib.smoke_test() and default_config() == DigitsModelConfig()
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")
+    assert mmdlib.smoke_test() and default_config() == SMOKE_CONFIG
+    assert ex.finetune_identity(ex.config(model="digits")) != ex.finetune_identity(
+        dataclasses.replace(ex.config(model="digits"), lr=1e-5))
