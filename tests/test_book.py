@@ -1,0 +1,153 @@
+"""The notebooks and the book: every notebook runs in smoke mode under papermill (through the book's
+build) and under nbval; the book builds strictly; a real browser (Debian's chromium driven by
+playwright) opens every page of the table of contents and finds every image, every internal link and
+the math."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SMOKE_ENV = {**os.environ, "MMDLIB_SMOKE": "1", "HF_HUB_OFFLINE": "1"}  # MMDLIB_CACHE: the tests' fresh cache
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [toc["root"]] + [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_there_are_the_five_chapters():
+    assert [nb.stem for nb in NOTEBOOKS] == ["1_theory", "2_finetuning", "3_evaluation", "4_feature_spaces",
+                                             "5_ablations"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_sources_have_badge_install_cell_parameters_and_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    repo = urlparse(yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]).path.strip("/")
+    assert nb.cells[0].cell_type == "markdown"
+    assert f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name}" in nb.cells[0].source
+    badge = re.search(r"!\[Open in Colab\]\(([^)]+)\)", nb.cells[0].source).group(1)
+    # the same relative path works from notebooks/ (GitHub) and from book/, where the executed copy lands
+    assert (ROOT / "notebooks" / badge).resolve().is_file() and (ROOT / "book" / badge).resolve().is_file()
+    install = nb.cells[1].source
+    assert nb.cells[1].cell_type == "code" and 'if "google.colab" in sys.modules:' in install and "pip" in install
+    params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "mmdlib.smoke_test()" in nb.cells[params[0] + 1].source
+    assert all(not c.outputs and c.execution_count is None for c in code_cells(nb)), "commit notebooks without outputs"
+
+
+def test_the_table_of_contents_lists_every_notebook_and_every_chapter_exists():
+    files = toc_files()
+    assert all(f"book/{nb.stem}" in files for nb in NOTEBOOKS)
+    for f in files:
+        stem = Path(f).name
+        assert (ROOT / f"{f}.md").is_file() or (ROOT / "notebooks" / f"{stem}.ipynb").is_file(), f
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory) -> Path:
+    """The book's sources copied to a temporary root and built by book/build.py in smoke mode."""
+    root = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb", "__pycache__"))
+    r = subprocess.run([sys.executable, str(root / "book" / "build.py"), "--root", str(root)], env=SMOKE_ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_executes_under_papermill(smoke_book, path):
+    nb = nbformat.read(smoke_book / "book" / path.name, as_version=4)
+    assert not nb.metadata["papermill"]["exception"]
+    cells = code_cells(nb)
+    assert all(c.execution_count is not None for c in cells)
+    assert not [o for c in cells for o in c.outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for c in cells for o in c.outputs), "every chapter has a figure"
+
+
+@pytest.mark.slow
+def test_the_book_builds_strictly_with_a_page_per_chapter(smoke_book):
+    html = smoke_book / "_build" / "html"
+    for f in toc_files():
+        assert (html / f"{f}.html").is_file(), f
+    # executed notebooks are rendered from their outputs, figures included as image files
+    page = (html / "book" / "2_finetuning.html").read_text()
+    assert re.search(r'<img[^>]+src="\.\./_images/[0-9a-f]+\.png"', page)
+
+
+@pytest.mark.slow
+def test_every_page_in_a_real_browser(smoke_book):
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    assert Path(chromium).is_file(), (f"no browser at {chromium}: `make test` installs Debian's chromium "
+                                      f"(apt-get install chromium), or set CHROMIUM to another chromium binary")
+    html = smoke_book / "_build" / "html"
+    shots = smoke_book / "_build" / "screenshots"
+    shots.mkdir()
+    failed: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("requestfailed", lambda r: failed.append(r.url) if r.url.startswith("file:") else None)
+        for name in toc_files():
+            page.goto((html / f"{name}.html").as_uri(), wait_until="load")
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+            images = page.evaluate("Array.from(document.images).map(i => [i.currentSrc, i.naturalWidth])")
+            assert not [src for src, w in images if w == 0], f"{name}: images that did not load"
+            if name.split("/")[-1][0].isdigit():  # a notebook chapter: its figures are there
+                assert sum(src.endswith(".png") for src, _ in images) >= 1, name
+            for href in page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"):
+                if not href.startswith("file:"):
+                    continue  # external links are not reachable from here
+                path, _, fragment = href.partition("#")
+                target = Path(unquote(urlparse(path).path))
+                assert target.exists(), f"{name}: broken link {href}"
+                if fragment and target.suffix == ".html":
+                    assert f'id="{unquote(fragment)}"' in target.read_text(), f"{name}: missing anchor {href}"
+            if name.endswith("1_theory"):  # MathJax is served with the book and typesets the equations
+                page.wait_for_selector("mjx-container", timeout=20_000)
+            shot = shots / f"{name.replace('/', '_')}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        browser.close()
+    assert not failed, f"files the pages asked for and did not get: {failed}"
+
+
+@pytest.mark.slow
+def test_every_notebook_passes_nbval_lax():
+    # last in this file: the smoke models the book's build trained are in the tests' cache by then
+    r = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                        *map(str, NOTEBOOKS)], cwd=ROOT, env=SMOKE_ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    n = sum(len(code_cells(nbformat.read(p, as_version=4))) for p in NOTEBOOKS)
+    assert re.search(rf"\b{n} passed", r.stdout), r.stdout[-2000:]
+
+
+def test_the_pages_workflow_builds_with_make_book_and_publishes_the_html():
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    steps = wf["jobs"]["build"]["steps"]
+    assert any(s.get("run", "").startswith("make book") for s in steps)
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    assert wf["jobs"]["deploy"]["steps"][0]["uses"].startswith("actions/deploy-pages")
+    assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
