@@ -24,10 +24,13 @@ class TensorImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def float_images(self, idx=slice(None)) -> torch.Tensor:
+        """Images ``idx`` (an index, slice or list) as float in [0, 1]; uint8 storage is divided by 255."""
+        x = self.images[idx]
+        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
     def __getitem__(self, i):
-        x = self.images[i]
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        return x, int(self.labels[i])
+        return self.float_images(i), int(self.labels[i])
 
 
 class Transformed(Dataset):

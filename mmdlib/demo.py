@@ -33,9 +33,10 @@ def gap_closed(before: dict, after: dict, budget: int, space: str = MEASURED_IN,
 def _grid_samples(model, budget: int) -> torch.Tensor:
     from .sampling import ddim_sample
 
+    device = next(model.unet.parameters()).device  # sample where the model is; do not move it
     with torch.no_grad():
-        x = ddim_sample(model.unet.cpu(), noise(range(64), model.sample_shape), timestep_subset(budget, model.T),
-                        model.alphas_cumprod)
+        x = ddim_sample(model.unet, noise(range(64), model.sample_shape, device=device),
+                        timestep_subset(budget, model.T), model.alphas_cumprod)
     return to_unit(x)
 
 

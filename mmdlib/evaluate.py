@@ -67,10 +67,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def dataset_images(dataset, n: int | None = None, seed: int = 0) -> torch.Tensor:
     """All (or ``n`` seeded random) images of a dataset as one float tensor [N, C, H, W]."""
-    idx = range(len(dataset)) if n is None or n >= len(dataset) else \
+    from .data import TensorImages
+
+    idx = list(range(len(dataset))) if n is None or n >= len(dataset) else \
         torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    if hasattr(dataset, "images") and n is None:
-        return dataset.images.float() / (255 if dataset.images.dtype == torch.uint8 else 1)
+    if isinstance(dataset, TensorImages):  # in memory: one indexing, no per-item loop
+        return dataset.float_images(idx)
     return torch.stack([dataset[i][0] for i in idx])
 
 

@@ -68,3 +68,15 @@ def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path)
     x = generate(m.unet, 20, [0], m.alphas_cumprod, (1, 8, 8), seed=0)
     logits = net(torch.round(x * 255).to(torch.uint8).expand(-1, 3, -1, -1))[1]
     assert res["is"] == pytest.approx(isc_features_to_metric(logits)["inception_score_mean"], rel=1e-4)
+
+
+def test_dataset_images_fast_path_equals_item_by_item():
+    from mmdlib.data import TensorImages
+    from mmdlib.evaluate import dataset_images
+
+    ds = TensorImages(torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8))
+    slow = torch.stack([ds[i][0] for i in range(20)])
+    assert torch.equal(dataset_images(ds), slow) and slow.max() <= 1
+    picked = dataset_images(ds, n=5, seed=3)
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:5]
+    assert torch.equal(picked, slow[idx])
