@@ -82,3 +82,21 @@ def test_finetune_then_refuse_then_resume_via_cli(tmp_path, monkeypatch, capsys)
     assert main([*args, "--iterations", "2", "--resume"]) == 0
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["iterations"] == 2 and (tmp_path / "o" / "finetuned" / "model_index.json").exists()
+
+
+def test_demo_end_to_end_in_smoke_mode(tmp_path, monkeypatch):
+    """The design card's demo contract, on the smoke-sized embedded default (seconds, numbers meaningless)."""
+    from diffusers import DDIMPipeline
+
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "2", "--n", "200"]) in (0, None)
+    out = tmp_path / "demo"
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"fid_before", "fid_after", "feature_space", "timesteps"} <= set(m) and m["timesteps"] == 5
+    assert m["feature_space"] == "digits-b" and m["fid_before"] > 0 and m["fid_after"] > 0
+    for name in ("base", "finetuned"):
+        pipe = DDIMPipeline.from_pretrained(out / name)
+        assert json.loads((out / name / "mmdlib.json").read_text())["budget"] == 5
+        assert pipe.scheduler.config.timestep_spacing == "leading"
+    assert {p.name for p in out.glob("*.png")} == {"samples_before_5steps.png", "samples_after_5steps.png",
+                                                   "samples_real.png"}
