@@ -134,6 +134,29 @@ def test_every_page_in_a_real_browser(smoke_book):
 
 
 @pytest.mark.slow
+def test_papermill_parameters_reach_the_notebook(tmp_path):
+    """A batch run for another model and feature spaces: the injected parameters are the ones used."""
+    import papermill as pm
+    from helpers import make_tiny_unet
+
+    from mmdlib.models import save_pipeline
+
+    folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "other-model", budget=5)
+    out = tmp_path / "out.ipynb"
+    os.environ["MMDLIB_SMOKE"] = "1"
+    try:
+        pm.execute_notebook(ROOT / "notebooks" / "2_finetuning.ipynb", out, cwd=ROOT / "notebooks", progress_bar=False,
+                            parameters={"model": str(folder), "features": "digits-b", "measure": "digits-a"})
+    finally:
+        del os.environ["MMDLIB_SMOKE"]
+    nb = nbformat.read(out, as_version=4)
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in code_cells(nb)
+                   for o in c.outputs)
+    assert f"model: {folder}" in text and "FID (digits-b)" in text
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+@pytest.mark.slow
 def test_every_notebook_passes_nbval_lax():
     # last in this file: the smoke models the book's build trained are in the tests' cache by then
     r = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
