@@ -22,10 +22,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMDLIB_CACHE") or Path.home() / ".cache" / "mmdlib")
 
 
+def env_flag(name: str) -> bool:
+    """A boolean environment switch: 1, true, yes or on (any case) turn it on."""
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
 def smoke_test() -> bool:
     """True when ``MMDLIB_SMOKE=1``: the embedded default shrinks (a tiny base model, classifiers trained for
     one epoch) and the notebooks run in seconds. For tests and CI; results are meaningless."""
-    return os.environ.get("MMDLIB_SMOKE", "0").lower() in ("1", "true", "yes", "on")
+    return env_flag("MMDLIB_SMOKE")
 
 
 def config_key(config: dict) -> str:

@@ -16,18 +16,14 @@ import torch
 from .cache import cache_dir, cached, config_key
 from .data import get_dataset
 from .evaluate import embed, evaluate, generate
-from .finetune import FinetuneConfig, Finetuner
+from .finetune import FinetuneConfig, Finetuner, pick_device
 from .models import HUB_MODELS, LoadedModel, load_model
 from .schedules import timestep_subset
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @dataclasses.dataclass
 class Run:
-    """A model with what identifies it: the base model's name (``finetune`` is None) or a finetune."""
+    """A model with what identifies it: a base model (``folder`` is None) or a cached finetune."""
 
     model: LoadedModel
     identity: dict
@@ -108,7 +104,7 @@ def scores(run: Run, dataset: str = "digits", split: str = "all", budgets: Seque
 def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 7, schedule: str = "linear",
                        sampler: str = "ddim") -> torch.Tensor:
     """``n`` samples [n, C, H, W] in [0, 1] from fixed noise: call it on two models to compare them."""
-    m, device = run.model, _device()
+    m, device = run.model, pick_device()
     return generate(m.unet.to(device), n, timestep_subset(budget, m.T, schedule), m.alphas_cumprod, m.sample_shape,
                     sampler=sampler, seed=seed, device=device)
 
@@ -120,7 +116,7 @@ def nearest_real(samples: torch.Tensor, dataset: str, split: str, space: str, k:
     from .evaluate import reference_features
     from .features import get_feature_extractor
 
-    device = _device()
+    device = pick_device()
     ref = reference_features(dataset, split, space, device=device, **data_kw)
     d = torch.cdist(embed(get_feature_extractor(space).to(device), samples), ref)
     return d.topk(k, largest=False)
@@ -132,6 +128,6 @@ def real_nearest_distance(dataset: str, split: str, space: str, n: int = 500, se
     of the training set would fall far below."""
     from .evaluate import reference_features
 
-    ref = reference_features(dataset, split, space, device=_device(), **data_kw)
+    ref = reference_features(dataset, split, space, device=pick_device(), **data_kw)
     idx = torch.randperm(len(ref), generator=torch.Generator().manual_seed(seed))[:n]
     return torch.cdist(ref[idx], ref).topk(2, largest=False).values[:, 1]

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from .cache import env_flag
 from .errors import MMDLibError
 from .schedules import alphas_cumprod as _alphas_cumprod
 from .schedules import linear_betas, timestep_subset
@@ -43,10 +43,6 @@ class LoadedModel:
     def sample_shape(self) -> tuple[int, int, int]:
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
         return (c, *(s if isinstance(s, (tuple, list)) else (s, s)))
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 def _schedule_from_config(config: dict) -> torch.Tensor:
@@ -111,7 +107,7 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
         if local:
             raise MMDLibError(f"could not load a UNet2DModel from the folder {repo!r}: {e}") from e
         how = ("HF_HUB_OFFLINE=1 is set and there is no local copy in the Hugging Face cache. "
-               if _offline() else "The hub could not be reached. ")
+               if env_flag("HF_HUB_OFFLINE") else "The hub could not be reached. ")
         raise MMDLibError(f"could not load {repo!r}. {how}On a connected machine run "
                           f"`huggingface-cli download {repo}` (it fills the cache this machine reads), or "
                           f"download it and pass the local folder instead.") from e

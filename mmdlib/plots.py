@@ -26,15 +26,19 @@ def _grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
     return g.permute(1, 2, 0).numpy()
 
 
+def _imshow(ax, hwc: np.ndarray) -> None:
+    """An [H, W, C] image in [0, 1]: one channel in grayscale, three as RGB, pixels unsmoothed."""
+    gray = hwc.shape[-1] == 1
+    ax.imshow(hwc[..., 0] if gray else hwc, cmap="gray" if gray else None, interpolation="nearest", vmin=0, vmax=1)
+
+
 def show_grids(panels: dict[str, torch.Tensor], nrow: int = 8, size: float = 3.2):
     """One figure with a titled grid per entry (images [N, C, H, W] in [0, 1]), side by side."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
     for ax, (title, images) in zip(axes[0], panels.items()):
-        g = _grid(images, nrow)
-        ax.imshow(g[..., 0] if images.shape[1] == 1 else g, cmap="gray" if images.shape[1] == 1 else None,
-                  interpolation="nearest", vmin=0, vmax=1)
+        _imshow(ax, _grid(images, nrow)[..., : images.shape[1]])
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
@@ -52,9 +56,7 @@ def show_rows(rows: dict[str, torch.Tensor], size: float = 0.9):
             ax = axes[r][c]
             ax.axis("off")
             if c < len(images):
-                x = images[c].float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-                ax.imshow(x[..., 0] if x.shape[-1] == 1 else x, cmap="gray" if x.shape[-1] == 1 else None,
-                          interpolation="nearest", vmin=0, vmax=1)
+                _imshow(ax, images[c].float().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
         axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center")
     fig.subplots_adjust(left=0.2, wspace=0.05, hspace=0.1)
     return fig

@@ -134,7 +134,7 @@ def test_every_page_in_a_real_browser(smoke_book):
 
 
 @pytest.mark.slow
-def test_papermill_parameters_reach_the_notebook(tmp_path):
+def test_papermill_parameters_reach_the_notebook(tmp_path, monkeypatch):
     """A batch run for another model and feature spaces: the injected parameters are the ones used."""
     import papermill as pm
     from helpers import make_tiny_unet
@@ -143,12 +143,9 @@ def test_papermill_parameters_reach_the_notebook(tmp_path):
 
     folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "other-model", budget=5)
     out = tmp_path / "out.ipynb"
-    os.environ["MMDLIB_SMOKE"] = "1"
-    try:
-        pm.execute_notebook(ROOT / "notebooks" / "2_finetuning.ipynb", out, cwd=ROOT / "notebooks", progress_bar=False,
-                            parameters={"model": str(folder), "features": "digits-b", "measure": "digits-a"})
-    finally:
-        del os.environ["MMDLIB_SMOKE"]
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")  # the kernel inherits it
+    pm.execute_notebook(ROOT / "notebooks" / "2_finetuning.ipynb", out, cwd=ROOT / "notebooks", progress_bar=False,
+                        parameters={"model": str(folder), "features": "digits-b", "measure": "digits-a"})
     nb = nbformat.read(out, as_version=4)
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in code_cells(nb)
                    for o in c.outputs)
