@@ -27,7 +27,10 @@ HELP = {
     "adam_eps": "Adam epsilon",
     "iterations": "finetuning iterations",
     "grad_clip": "maximum gradient norm",
-    "checkpointing": "recompute each sampler step in the backward pass (less memory, same gradients)",
+    "checkpointing": "recompute sampler steps in the backward pass (less memory, same gradients): auto (the fewest "
+                     "steps that fit in --memory-gib), all or none",
+    "memory_gib": "GiB the run may use, for --checkpointing auto (default: 90%% of the GPU's free memory, half the "
+                  "CPU's available memory)",
     "precision": "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16; the MMD is always float64",
     "compile": "torch.compile the UNet: auto (on for CUDA), on or off",
     "seed": "seed of real batches and noise (results do not depend on batch split)",
@@ -49,7 +52,7 @@ def add_config_flags(p: argparse.ArgumentParser, defaults: FinetuneConfig) -> No
         elif isinstance(default, tuple):
             p.add_argument(flag, type=float, nargs=len(default), default=default, help=text)
         else:
-            typ = type(default) if default is not None else str
+            typ = f.metadata.get("type") or (type(default) if default is not None else str)
             p.add_argument(flag, type=typ, default=default, help=text)
 
 
@@ -83,7 +86,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     model = load_model(a.model)
     res = evaluate(model, a.dataset, a.split, [int(b) for b in a.budgets.split(",")], a.features.split(","), a.n,
-                   list(range(a.seeds)), a.sampler, a.schedule, a.inception_weights, **_data_kw(a))
+                   list(range(a.seeds)), a.sampler, a.schedule, a.inception_weights, precision=a.precision,
+                   **_data_kw(a))
     text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sampler", default="ddim", help="ddim or ddpm")
     ev.add_argument("--schedule", default="linear", help="linear or quadratic")
     ev.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file")
+    ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: sample and embed under bf16 autocast (faster on GPUs, not exact)")
     ev.add_argument("--out", default=None, help="also write the JSON here")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -19,7 +19,7 @@ from .sampling import noise
 from .schedules import timestep_subset
 
 DEMO = FinetuneConfig(model="digits", dataset="digits", split="all", features="digits-a", kernel="cubic",
-                      timesteps=5, batch_size=128, lr=5e-6, iterations=400, checkpointing=False,
+                      timesteps=5, batch_size=128, lr=5e-6, iterations=400,
                       save_every=50, sample_every=100)
 MEASURED_IN = "digits-b"
 

@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import MMDLibError
 from .features import FeatureExtractor, to_unit
 from .sampling import ddim_sample, ddpm_sample, generators, noise
+from .speed import Speed
 
 SAMPLERS: dict[str, Callable] = {"ddim": ddim_sample, "ddpm": ddpm_sample}
 
@@ -18,25 +20,36 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     return torch.round(images.clamp(0, 1) * 255) / 255
 
 
+def _autocast(device, precision: str):
+    """The network under bf16 autocast for ``precision="bf16"``; "fp32" (the default) is exact."""
+    if precision not in ("fp32", "bf16"):
+        raise MMDLibError(f"unknown evaluation precision {precision!r}; known: fp32, bf16.")
+    return Speed(bf16=precision == "bf16").autocast(torch.device(device or "cpu"))
+
+
 @torch.no_grad()
 def generate(model: Callable, n: int, timesteps: Sequence[int], alphas_cumprod: torch.Tensor, shape: Sequence[int],
              sampler: str = "ddim", seed: int = 0, batch_size: int = 500, device=None, progress: bool = False,
-             **kw) -> torch.Tensor:
-    """``n`` samples as float [n, C, H, W] in [0, 1] (8-bit levels); sample i uses seed ``seed * 10**6 + i``."""
+             precision: str = "fp32", **kw) -> torch.Tensor:
+    """``n`` samples as float [n, C, H, W] in [0, 1] (8-bit levels); sample i uses seed ``seed * 10**6 + i``.
+    ``precision="bf16"`` runs the network under bf16 autocast (the chain's state stays fp32)."""
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"sampling {len(timesteps)} steps", disable=not progress):
         seeds = [seed * 10**6 + i for i in range(start, min(n, start + batch_size))]
-        x = SAMPLERS[sampler](model, noise(seeds, shape, device=device), timesteps, alphas_cumprod,
-                              generator=generators(seeds), **kw)
+        with _autocast(device, precision):
+            x = SAMPLERS[sampler](model, noise(seeds, shape, device=device), timesteps, alphas_cumprod,
+                                  generator=generators(seeds), **kw)
         out.append(quantize(to_unit(x.float())).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def embed(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 500, device=None) -> torch.Tensor:
+def embed(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 500, device=None,
+          precision: str = "fp32") -> torch.Tensor:
     """Features [N, D] (float64 on the CPU) of images [N, C, H, W] in [0, 1], in batches."""
     device = device or next(extractor.parameters()).device
-    return torch.cat([extractor(b.to(device)).double().cpu() for b in images.split(batch_size)])
+    with _autocast(device, precision):
+        return torch.cat([extractor(b.to(device)).double().cpu() for b in images.split(batch_size)])
 
 
 def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
@@ -116,12 +129,14 @@ def inception_score(extractor: FeatureExtractor, f_gen: torch.Tensor) -> tuple[f
 def evaluate(model, dataset: str = "digits", split: str = "all", budgets: Sequence[int] = (5, 10, 20),
              spaces: Sequence[str] = ("digits-a", "digits-b"), n: int = 5000, seeds: Sequence[int] = (0,),
              sampler: str = "ddim", schedule: str = "linear", weights_path: str | None = None, device=None,
-             progress: bool = True, **data_kw) -> dict:
+             progress: bool = True, precision: str = "fp32", **data_kw) -> dict:
     """Score a model across budgets in each feature space: FID, KID and precision/recall (mean and std
     over seeds; all torch-fidelity's implementations), plus the Inception Score where the space has a
     classifier (``inception``; the ``digits-*`` spaces score with their digit classifier). FID in
     ``inception`` is the standard FID; in ``clip`` it is FID_CLIP. Returns a plain dict
-    ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "precision": ..., "fid_per_seed": [...]}}}``."""
+    ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "precision": ..., "fid_per_seed": [...]}}}``.
+    ``precision="bf16"`` samples and embeds under bf16 autocast (faster on GPUs, not exact: keep "fp32" for
+    numbers compared with the paper's; the reference features are always computed in fp32)."""
     from .features import get_feature_extractor
     from .schedules import timestep_subset
 
@@ -135,9 +150,9 @@ def evaluate(model, dataset: str = "digits", split: str = "all", budgets: Sequen
         per: dict = {s: {} for s in spaces}
         for seed in seeds:
             x = generate(model.unet, n, steps, model.alphas_cumprod, model.sample_shape, sampler=sampler, seed=seed,
-                         device=device, progress=progress)
+                         device=device, progress=progress, precision=precision)
             for s in spaces:
-                f = embed(extractors[s], x, device=device)
+                f = embed(extractors[s], x, device=device, precision=precision)
                 scores = {"fid": fid_from_features(f, refs[s]), "kid": kid_from_features(f, refs[s], subsets=50)[0]}
                 scores["precision"], scores["recall"] = precision_recall(f, refs[s])
                 if hasattr(extractors[s], "logits"):

@@ -28,6 +28,9 @@ from .models import LoadedModel, save_pipeline
 from .plots import save_grid
 from .sampling import generators, noise
 from .schedules import SUBSETS, timestep_subset
+from .speed import COMPILE, PRECISIONS, available_bytes, chain_peak, plan_checkpointing, resolve_speed, saved_bytes
+
+CHECKPOINTING = ("auto", "all", "none")
 
 
 @dataclasses.dataclass
@@ -50,7 +53,8 @@ class FinetuneConfig:
     adam_eps: float = 1e-8
     iterations: int = 500
     grad_clip: float = 0.5  # max gradient norm (the official code clips at 0.5)
-    checkpointing: bool = True  # recompute each sampler step in backward
+    checkpointing: str = "auto"  # recompute sampler steps in backward: "auto" (by budget and memory), "all", "none"
+    memory_gib: float | None = dataclasses.field(default=None, metadata={"type": float})  # what "auto" may use
     precision: str = "auto"  # "fp32" or "bf16" (networks under autocast; chain state, kernel and MMD stay fp32+)
     compile: str = "auto"  # "on", "off", or "auto" (on for CUDA): torch.compile the UNet
     seed: int = 0
@@ -59,6 +63,10 @@ class FinetuneConfig:
     sample_every: int = 100
     workers: int = 0
     device: str = "auto"
+
+    def __post_init__(self):
+        if isinstance(self.checkpointing, bool):  # True/False as in earlier versions
+            self.checkpointing = "all" if self.checkpointing else "none"
 
     def check(self) -> "FinetuneConfig":
         """Refuse bad values with a message naming the value and what is allowed."""
@@ -72,10 +80,11 @@ class FinetuneConfig:
         for field in ("iterations", "save_every", "sample_every"):
             if getattr(self, field) < 1:
                 raise MMDLibError(f"{field} must be >= 1, got {getattr(self, field)}.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise MMDLibError(f"unknown precision {self.precision!r}; known: auto, fp32, bf16.")
-        if self.compile not in ("auto", "on", "off"):
-            raise MMDLibError(f"unknown compile setting {self.compile!r}; known: auto, on, off.")
+        for field, known in (("precision", PRECISIONS), ("compile", COMPILE), ("checkpointing", CHECKPOINTING)):
+            if getattr(self, field) not in known:
+                raise MMDLibError(f"unknown {field} setting {getattr(self, field)!r}; known: {', '.join(known)}.")
+        if self.memory_gib is not None and not self.memory_gib > 0:
+            raise MMDLibError(f"memory_gib must be > 0 (GiB the run may use), got {self.memory_gib}.")
         if not self.lr > 0:
             raise MMDLibError(f"learning rate must be > 0, got {self.lr}.")
         return self
@@ -84,7 +93,8 @@ class FinetuneConfig:
         """What makes two runs the same run (iterations may grow on resume; output knobs and checkpointing,
         which gives the same gradients, do not count)."""
         d = dataclasses.asdict(self)
-        for k in ("iterations", "out", "save_every", "sample_every", "workers", "device", "compile", "checkpointing"):
+        for k in ("iterations", "out", "save_every", "sample_every", "workers", "device", "compile", "checkpointing",
+                  "memory_gib"):
             d.pop(k)
         d["adam_betas"] = list(d["adam_betas"])
         return d
@@ -94,16 +104,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def resolve_speed(cfg: FinetuneConfig, device: torch.device) -> dict:
-    """The fast path's switches for this device: bf16 autocast, channels-last, fused Adam and torch.compile
-    on CUDA, plain fp32 eager elsewhere. ``precision="fp32", compile="off"`` is the reference mode (the
-    official code's way) everywhere."""
-    cuda = device.type == "cuda"
-    fast = cuda and not (cfg.precision == "fp32" and cfg.compile == "off")
-    return {"bf16": cfg.precision == "bf16" or (cfg.precision == "auto" and cuda), "channels_last": fast,
-            "fused_adam": fast, "compile": cfg.compile == "on" or (cfg.compile == "auto" and cuda)}
 
 
 class _IterationBatches(Sampler):
@@ -205,18 +205,18 @@ class Finetuner:
         self.progress = progress and self.procs.main
         self.device = self.procs.device(cfg.device)
         self.steps = timestep_subset(cfg.timesteps, model.T, cfg.schedule)
-        self.speed = resolve_speed(cfg, self.device)
-        fmt = torch.channels_last if self.speed["channels_last"] else torch.preserve_format
-        self.unet = model.unet.to(self.device, memory_format=fmt).eval()
-        self.extractor = (extractor or get_feature_extractor(cfg.features)).to(self.device, memory_format=fmt)
+        self.speed = resolve_speed(cfg.precision, cfg.compile, self.device)
+        self.unet = self.speed.place(model.unet, self.device).eval()
+        self.extractor = self.speed.place(extractor or get_feature_extractor(cfg.features), self.device)
         # the sampler calls `self.net`; compiled or not, it shares its parameters with `self.unet`
-        self.net = torch.compile(self.unet) if self.speed["compile"] else self.unet
+        self.net = self.speed.compiled(self.unet)
         self.out = Path(cfg.out)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                                    **({"fused": True} if self.speed["fused_adam"] else {}))
+                                    **({"fused": True} if self.speed.fused_adam else {}))
         self.iteration = 0
         self._prepare_out(resume, overwrite)
         self.real_features = self._precompute_real()
+        self.memory = self._plan_checkpointing()
 
     # --- output folder, checkpoints -------------------------------------------------------------------
     def _prepare_out(self, resume: bool, overwrite: bool) -> None:
@@ -294,25 +294,49 @@ class Finetuner:
         if len(self.dataset) * self.extractor.dim * 4 > 2**30:
             return None
         loader = DataLoader(self.dataset, batch_size=500, num_workers=self.cfg.workers)
-        with self._autocast():
+        with self.speed.autocast(self.device):
             return torch.cat([self.extractor(x.to(self.device)).float() for x, _ in loader])
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.speed["bf16"])
+    def _plan_checkpointing(self) -> dict:
+        """How many sampler steps to recompute in backward. "auto" measures the bytes autograd saves for one
+        step and for the features at this process's batch, and checkpoints the fewest steps whose
+        estimated peak fits in the memory left (``memory_gib``, else what the device has free) after the
+        gradients and Adam's two moments."""
+        n, policy = len(self.steps), self.cfg.checkpointing
+        if policy != "auto":
+            self.checkpoint_steps = n if policy == "all" else 0
+            return {"policy": policy, "steps": n, "checkpointed": self.checkpoint_steps}
+        params = (*self.unet.parameters(), *self.extractor.parameters())
+        x = torch.randn((self.cfg.batch_size // self.procs.world, *self.model.sample_shape), device=self.device,
+                        requires_grad=True)
+        stochastic = self.cfg.sampler == "ddpm" or self.cfg.eta > 0
+        kw = {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
+        with self.speed.autocast(self.device):
+            step, x0 = saved_bytes(lambda: SAMPLERS[self.cfg.sampler](self.unet, x, self.steps[:1],
+                                                                       self.model.alphas_cumprod, **kw), exclude=params)
+            feats, _ = saved_bytes(lambda: self.extractor(to_unit(x0.float())), exclude=params)
+        state = x.nbytes * (2 if stochastic else 1)  # a checkpointed step keeps its input (and its noise)
+        trainable = sum(p.numel() * p.element_size() for p in self.unet.parameters() if p.requires_grad)
+        available = available_bytes(self.device, self.cfg.memory_gib) - 3 * trainable  # grads + Adam's moments
+        self.checkpoint_steps = plan_checkpointing(n, step, state, feats, available)
+        gib = 2.0**-30
+        return {"policy": "auto", "steps": n, "checkpointed": self.checkpoint_steps, "step_gib": step * gib,
+                "features_gib": feats * gib, "available_gib": available * gib,
+                "estimate_gib": chain_peak(n, self.checkpoint_steps, step, state, feats) * gib}
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """x_0 in [-1, 1] through the short chain (differentiable), noise seeded per sample."""
         x_T = noise(seeds, self.model.sample_shape, device=self.device)
         kw = {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
         return SAMPLERS[self.cfg.sampler](self.net, x_T, self.steps, self.model.alphas_cumprod,
-                                          checkpoint=self.cfg.checkpointing, generator=generators(seeds), **kw)
+                                          checkpoint=self.checkpoint_steps, generator=generators(seeds), **kw)
 
     def loss(self, it: int, real_idx: list[int], real_images: torch.Tensor | None) -> torch.Tensor:
         """Unbiased MMD^2 (eq. 7) on the global batch (kernel sums in float64). Each process generates its
         share of the batch; features are all-gathered with their gradient, so every process computes the
         same estimate as one process with the whole batch would."""
         part = (self.procs.rank, self.procs.world)
-        with self._autocast():
+        with self.speed.autocast(self.device):
             f_gen = self.extractor(to_unit(self.sample(_noise_seeds(self.cfg, it, part)).float()))
             if self.real_features is not None:  # real_idx is the global batch's
                 f_real = self.real_features[torch.as_tensor(real_idx, device=self.real_features.device)]
@@ -320,6 +344,42 @@ class Finetuner:
                 with torch.no_grad():
                     f_real = self.procs.gather_with_grad(self.extractor(real_images.to(self.device)).float())
         return mmd2_unbiased(self.procs.gather_with_grad(f_gen.float()), f_real, self.cfg.kernel)
+
+    def step(self, real_idx: list[int] | None, real_images: torch.Tensor | None) -> tuple[float, float]:
+        """One iteration (loss, backward, clipping, Adam); returns (loss, gradient norm). Under "auto"
+        checkpointing, running out of memory switches to checkpointing every step and retries once."""
+        try:
+            return self._step(real_idx, real_images)
+        except torch.OutOfMemoryError as e:
+            if self.memory["policy"] != "auto" or self.checkpoint_steps == len(self.steps):
+                raise MMDLibError(f"out of memory at iteration {self.iteration} (batch {self.cfg.batch_size}, "
+                                  f"{self.checkpoint_steps} of {len(self.steps)} steps checkpointed); use "
+                                  f"--checkpointing all or a smaller --batch-size.") from e
+        # outside the except block, so the failed iteration's graph is gone
+        self.opt.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.checkpoint_steps = self.memory["checkpointed"] = len(self.steps)
+        if self.progress:
+            tqdm.write("out of memory: now checkpointing every sampler step")
+        return self._step(real_idx, real_images)
+
+    def _step(self, real_idx, real_images) -> tuple[float, float]:
+        loss = self.loss(self.iteration, real_idx, real_images)
+        if not torch.isfinite(loss):
+            raise MMDLibError(f"the loss became {loss.item()} at iteration {self.iteration}; stopped. The last "
+                              f"good state is {self.out / 'checkpoint.pt'} (iteration {self._saved_iteration()}). "
+                              f"Lower --lr or check the data.")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.procs.average_gradients(self.unet.parameters())
+        gnorm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
+        if not torch.isfinite(gnorm):
+            raise MMDLibError(f"the gradient norm became {gnorm.item()} at iteration {self.iteration}; stopped "
+                              f"without stepping. The last good state is {self.out / 'checkpoint.pt'}.")
+        self.opt.step()
+        self.iteration += 1
+        return loss.item(), gnorm.item()
 
     def save_grid(self, name: str) -> Path | None:
         """64 samples from fixed noise (the same at every call), on the main process."""
@@ -344,26 +404,17 @@ class Finetuner:
             stream = ((idx, None) for idx in batches)
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"MMD-DDM {cfg.timesteps} steps",
                    disable=not self.progress)
+        if self.progress and self.memory["policy"] == "auto" and self.checkpoint_steps:
+            bar.write(f"checkpointing {self.checkpoint_steps} of {len(self.steps)} sampler steps (estimated "
+                      f"{self.memory['estimate_gib']:.1f} GiB of activations, {self.memory['available_gib']:.1f} GiB "
+                      f"available)")
         for idx, real in stream:
             t0 = time.perf_counter()
-            loss = self.loss(self.iteration, idx, real)
-            if not torch.isfinite(loss):
-                raise MMDLibError(f"the loss became {loss.item()} at iteration {self.iteration}; stopped. The last "
-                                  f"good state is {self.out / 'checkpoint.pt'} (iteration {self._saved_iteration()}). "
-                                  f"Lower --lr or check the data.")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.procs.average_gradients(self.unet.parameters())
-            gnorm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
-            if not torch.isfinite(gnorm):
-                raise MMDLibError(f"the gradient norm became {gnorm.item()} at iteration {self.iteration}; stopped "
-                                  f"without stepping. The last good state is {self.out / 'checkpoint.pt'}.")
-            self.opt.step()
-            self.iteration += 1
-            self._log({"iteration": self.iteration, "loss": f"{loss.item():.6g}", "grad_norm": f"{gnorm.item():.4g}",
+            loss, gnorm = self.step(idx, real)
+            self._log({"iteration": self.iteration, "loss": f"{loss:.6g}", "grad_norm": f"{gnorm:.4g}",
                        "seconds": f"{time.perf_counter() - t0:.4f}"})
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
             if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations:
                 self.save_checkpoint()
             if self.iteration % cfg.sample_every == 0 or self.iteration == cfg.iterations:

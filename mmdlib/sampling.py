@@ -63,16 +63,26 @@ def _check(noise_: torch.Tensor, timesteps, alphas_cumprod: torch.Tensor) -> tup
     return check_timesteps(timesteps, len(ac)), ac
 
 
+def _checkpointed(checkpoint: bool | int, n: int) -> int:
+    """How many steps (the first ones, from x_T) to recompute in backward: True all, False none, int k."""
+    if isinstance(checkpoint, bool):
+        return n if checkpoint else 0
+    if not isinstance(checkpoint, int) or checkpoint < 0:
+        raise MMDLibError(f"checkpoint must be True, False or a number of steps >= 0, got {checkpoint!r}.")
+    return min(checkpoint, n)
+
+
 def _chain(step: Callable, noise_: torch.Tensor, steps: list[int], ac: torch.Tensor, sigma_fn: Callable,
-           checkpoint: bool, generator: Generator) -> torch.Tensor:
+           checkpoint: bool | int, generator: Generator) -> torch.Tensor:
     """Run x_T -> x_0 over ``steps`` (descending), with per-step noise drawn outside the checkpoint."""
     x = noise_
     prev = [-1] + steps[:-1]
-    for t, s in zip(reversed(steps), reversed(prev)):
+    k = _checkpointed(checkpoint, len(steps))
+    for i, (t, s) in enumerate(zip(reversed(steps), reversed(prev))):
         a_t, a_s = float(ac[t]), (float(ac[s]) if s >= 0 else 1.0)  # alpha_bar_{-1} = 1 (set_alpha_to_one)
         sigma = sigma_fn(a_t, a_s)
         z = randn(x.shape, generator, device=x.device, dtype=x.dtype) if sigma > 0 else None
-        if checkpoint and torch.is_grad_enabled():
+        if i < k and torch.is_grad_enabled():
             x = _checkpoint(step, x, t, a_t, a_s, sigma, z, use_reentrant=False)
         else:
             x = step(x, t, a_t, a_s, sigma, z)
@@ -80,8 +90,9 @@ def _chain(step: Callable, noise_: torch.Tensor, steps: list[int], ac: torch.Ten
 
 
 def ddim_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
-                eta: float = 0.0, checkpoint: bool = False, generator: Generator = None) -> torch.Tensor:
-    """DDIM (Song et al. 2021, eq. 12) from x_T = ``noise`` over ascending ``timesteps``; returns x_0 in [-1, 1] space."""
+                eta: float = 0.0, checkpoint: bool | int = False, generator: Generator = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) from x_T = ``noise`` over ascending ``timesteps``; returns x_0 in [-1, 1] space.
+    ``checkpoint``: recompute every step (True), none (False) or the first k from x_T (k) in backward."""
     steps, ac = _check(noise, timesteps, alphas_cumprod)
     if not eta >= 0:
         raise MMDLibError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta!r}.")
@@ -100,7 +111,7 @@ def ddim_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], 
 
 
 def ddpm_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
-                checkpoint: bool = False, generator: Generator = None, variance: str = "small") -> torch.Tensor:
+                checkpoint: bool | int = False, generator: Generator = None, variance: str = "small") -> torch.Tensor:
     """Ancestral DDPM (paper eqs. 3-4, Table 9) over the subset, with beta_t = 1 - alpha_bar_t / alpha_bar_s.
 
     ``variance="small"`` is the posterior variance beta~_t = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta_t

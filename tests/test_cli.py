@@ -13,8 +13,9 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("cmd,flags", [
     ("finetune", ["--model", "--dataset", "--features", "--kernel", "--timesteps", "--schedule", "--sampler",
-                  "--batch-size", "--iterations", "--lr", "--seed", "--out", "--resume", "--overwrite"]),
-    ("evaluate", ["--model", "--budgets", "--features", "--n", "--seeds", "--inception-weights"]),
+                  "--batch-size", "--iterations", "--lr", "--seed", "--out", "--resume", "--overwrite",
+                  "--checkpointing", "--memory-gib", "--precision", "--compile"]),
+    ("evaluate", ["--model", "--budgets", "--features", "--n", "--seeds", "--inception-weights", "--precision"]),
     ("demo", ["--out", "--timesteps", "--iterations"]),
 ])
 def test_help_lists_every_flag_with_its_default(cmd, flags):
@@ -35,6 +36,8 @@ def test_help_lists_every_flag_with_its_default(cmd, flags):
     (["--sampler", "euler"], "unknown sampler 'euler'"),
     (["--schedule", "cosine"], "unknown schedule 'cosine'"),
     (["--batch-size", "1"], "batch size 1 is too small"),
+    (["--checkpointing", "some"], "unknown checkpointing setting 'some'; known: auto, all, none"),
+    (["--memory-gib", "-1"], "memory_gib must be > 0"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--model", "google/ddpm-cifar10-32"], "huggingface-cli download google/ddpm-cifar10-32"),
 ])
@@ -54,6 +57,16 @@ def test_bad_input_is_one_clear_message(tmp_path, monkeypatch, capsys, args, msg
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and msg in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_speed_flags_reach_the_config():
+    from mmdlib.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["finetune", "--checkpointing", "all", "--memory-gib", "2.5",
+                                                      "--precision", "fp32", "--compile", "off"]))
+    assert (cfg.checkpointing, cfg.memory_gib, cfg.precision, cfg.compile) == ("all", 2.5, "fp32", "off")
+    assert config_from_args(build_parser().parse_args(["finetune"])).checkpointing == "auto"
+    assert build_parser().parse_args(["evaluate", "--precision", "bf16"]).precision == "bf16"
 
 
 def test_budget_zero_via_cli(tmp_path, capsys, monkeypatch):

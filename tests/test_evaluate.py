@@ -34,6 +34,16 @@ def test_generate_is_seeded_per_sample_and_8_bit():
     assert not torch.equal(a, generate(model, 6, [0, 500], ac, (1, 8, 8), seed=4))
 
 
+def test_bf16_generation_is_close_and_bad_precision_is_refused():
+    model, ac, steps = make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), mmdlib.timestep_subset(5)
+    a = generate(model, 16, steps, ac, (1, 8, 8))
+    b = generate(model, 16, steps, ac, (1, 8, 8), precision="bf16")
+    assert not torch.equal(a, b)  # autocast was on
+    assert (a - b).abs().mean() < 0.02  # a few 8-bit levels at most, on average
+    with pytest.raises(mmdlib.MMDLibError, match="unknown evaluation precision 'fp16'; known: fp32, bf16"):
+        generate(model, 4, steps, ac, (1, 8, 8), precision="fp16")
+
+
 def test_reference_features_are_cached(monkeypatch):
     f1 = reference_features("digits", "test", "digits-a")
     monkeypatch.setattr("mmdlib.evaluate.embed", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))

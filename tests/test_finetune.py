@@ -111,6 +111,10 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
     ({"schedule": "cosine"}, "unknown schedule 'cosine'; known: linear, quadratic"),
     ({"timesteps": 0}, "budget must be an integer in 1..T=1000, got 0"),
     ({"timesteps": 1001}, "budget must be an integer in 1..T=1000, got 1001"),
+    ({"checkpointing": "some"}, "unknown checkpointing setting 'some'; known: auto, all, none"),
+    ({"precision": "fp16"}, "unknown precision setting 'fp16'; known: auto, fp32, bf16"),
+    ({"compile": "yes"}, "unknown compile setting 'yes'; known: auto, on, off"),
+    ({"memory_gib": 0.0}, "memory_gib must be > 0"),
 ])
 def test_bad_config(tmp_path, kw, msg):
     with pytest.raises(mmdlib.MMDLibError, match=msg):

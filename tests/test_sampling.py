@@ -94,15 +94,28 @@ def _grads(model, sampler, checkpoint, **kw):
 
 @pytest.mark.parametrize("sampler,kw", [(mmdlib.ddim_sample, {}), (mmdlib.ddim_sample, {"eta": 1.0}),
                                         (mmdlib.ddpm_sample, {})])
-def test_checkpoint_gives_same_gradients(tiny_unet, sampler, kw):
+@pytest.mark.parametrize("checkpoint", [True, 1, 3])  # every step, or the first k (from x_T) of the 4
+def test_checkpoint_gives_same_gradients(tiny_unet, sampler, kw, checkpoint):
     out0, gx0, gp0 = _grads(tiny_unet, sampler, False, **kw)
-    out1, gx1, gp1 = _grads(tiny_unet, sampler, True, **kw)
+    out1, gx1, gp1 = _grads(tiny_unet, sampler, checkpoint, **kw)
     torch.testing.assert_close(out1, out0)
     torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-6)
     assert gx0.abs().sum() > 0 and len(gp0) == len(list(tiny_unet.parameters()))
     for n in gp0:
         torch.testing.assert_close(gp1[n], gp0[n], rtol=1e-5, atol=1e-6, msg=n)
     assert sum(g.abs().sum() for g in gp0.values()) > 0
+
+
+def test_checkpoint_recomputes_exactly_the_first_k_steps(tiny_unet, monkeypatch):
+    import mmdlib.sampling as sampling
+
+    calls = []
+    monkeypatch.setattr(sampling, "_checkpoint", lambda fn, x, t, *a, **kw: calls.append(t) or fn(x, t, *a))
+    steps = mmdlib.timestep_subset(4)
+    _grads(tiny_unet, mmdlib.ddim_sample, 3)
+    assert calls == sorted(steps, reverse=True)[:3]  # from x_T: the largest timesteps
+    with pytest.raises(mmdlib.MMDLibError, match="checkpoint must be True, False or a number of steps >= 0"):
+        _grads(tiny_unet, mmdlib.ddim_sample, -1)
 
 
 @pytest.mark.parametrize("sampler,kw", [(mmdlib.ddim_sample, {"eta": 0.5}), (mmdlib.ddpm_sample, {})])
