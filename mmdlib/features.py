@@ -45,7 +45,7 @@ class FeatureExtractor(nn.Module):
         if self.size is not None and images.shape[-2:] != (self.size, self.size):
             raise MMDLibError(f"{self.name}: expects {self.size}x{self.size} images, got "
                               f"{images.shape[-2]}x{images.shape[-1]}.")
-        lo, hi = images.min().item(), images.max().item()
+        lo, hi = torch.stack(torch.aminmax(images.detach())).tolist()  # one device sync, not two
         if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
             raise MMDLibError(f"{self.name}: images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; map model "
                               f"outputs x in [-1, 1] with mmdlib.to_unit(x).")
