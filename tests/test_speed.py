@@ -148,3 +148,14 @@ def test_every_fast_switch_at_once_agrees_with_the_reference(tmp_path, monkeypat
         loss, gnorm = ft.step(list(range(16)), None)
         assert torch.isfinite(torch.tensor([loss, gnorm])).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, ft.unet.parameters()))
+
+
+def test_available_memory_on_cuda_and_cpu(monkeypatch):
+    from mmdlib.speed import available_bytes
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * 2**30)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (50 * 2**30, 80 * 2**30))
+    assert available_bytes("cuda", None) == 0.9 * 50 * 2**30  # free memory already excludes what torch holds
+    assert available_bytes("cuda", 12.0) == 10 * 2**30  # the cap counts what torch holds now
+    assert available_bytes("cpu", 4.0) == 4 * 2**30
+    assert 0 < available_bytes("cpu", None) < float("inf")  # /proc/meminfo here
