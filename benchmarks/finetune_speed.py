@@ -104,9 +104,8 @@ def time_evaluation(mode: str, args, weights: Path, state: dict) -> dict:
     device = torch.device(args.device)
     unet = cifar10_unet(args.tiny)
     unet.load_state_dict(state)
-    precision = args.fast_precision if mode == "fast" else "fp32"
-    precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
-    speed = resolve_speed(precision, "auto" if mode == "fast" else "off", device)
+    speed = resolve_speed(*((args.fast_precision, "auto") if mode == "fast" else ("fp32", "off")), device)
+    precision = "bf16" if speed.bf16 else "fp32"
     unet = speed.place(unet, device).eval()
     net, ext = speed.compiled(unet), speed.place(InceptionFeatures(weights), device)
     ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())

@@ -304,32 +304,39 @@ class Finetuner:
         gradients and Adam's two moments."""
         n, policy = len(self.steps), self.cfg.checkpointing
         if policy != "auto":
-            self.checkpoint_steps = n if policy == "all" else 0
-            return {"policy": policy, "steps": n, "checkpointed": self.checkpoint_steps}
+            return {"policy": policy, "steps": n, "checkpointed": n if policy == "all" else 0}
         params = (*self.unet.parameters(), *self.extractor.parameters())
         x = torch.randn((self.cfg.batch_size // self.procs.world, *self.model.sample_shape), device=self.device,
                         requires_grad=True)
         stochastic = self.cfg.sampler == "ddpm" or self.cfg.eta > 0
-        kw = {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
         with self.speed.autocast(self.device):
             step, x0 = saved_bytes(lambda: SAMPLERS[self.cfg.sampler](self.unet, x, self.steps[:1],
-                                                                       self.model.alphas_cumprod, **kw), exclude=params)
+                                                                       self.model.alphas_cumprod, **self._sampler_kw),
+                                   exclude=params)
             feats, _ = saved_bytes(lambda: self.extractor(to_unit(x0.float())), exclude=params)
         state = x.nbytes * (2 if stochastic else 1)  # a checkpointed step keeps its input (and its noise)
         trainable = sum(p.numel() * p.element_size() for p in self.unet.parameters() if p.requires_grad)
         available = available_bytes(self.device, self.cfg.memory_gib) - 3 * trainable  # grads + Adam's moments
-        self.checkpoint_steps = plan_checkpointing(n, step, state, feats, available)
+        k = plan_checkpointing(n, step, state, feats, available)
         gib = 2.0**-30
-        return {"policy": "auto", "steps": n, "checkpointed": self.checkpoint_steps, "step_gib": step * gib,
-                "features_gib": feats * gib, "available_gib": available * gib,
-                "estimate_gib": chain_peak(n, self.checkpoint_steps, step, state, feats) * gib}
+        return {"policy": "auto", "steps": n, "checkpointed": k, "step_gib": step * gib, "features_gib": feats * gib,
+                "available_gib": available * gib, "estimate_gib": chain_peak(n, k, step, state, feats) * gib}
+
+    @property
+    def checkpoint_steps(self) -> int:
+        """How many sampler steps (the first ones, from x_T) are recomputed in backward."""
+        return self.memory["checkpointed"]
+
+    @property
+    def _sampler_kw(self) -> dict:
+        return {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """x_0 in [-1, 1] through the short chain (differentiable), noise seeded per sample."""
         x_T = noise(seeds, self.model.sample_shape, device=self.device)
-        kw = {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
         return SAMPLERS[self.cfg.sampler](self.net, x_T, self.steps, self.model.alphas_cumprod,
-                                          checkpoint=self.checkpoint_steps, generator=generators(seeds), **kw)
+                                          checkpoint=self.checkpoint_steps, generator=generators(seeds),
+                                          **self._sampler_kw)
 
     def loss(self, it: int, real_idx: list[int], real_images: torch.Tensor | None) -> torch.Tensor:
         """Unbiased MMD^2 (eq. 7) on the global batch (kernel sums in float64). Each process generates its
@@ -359,7 +366,7 @@ class Finetuner:
         self.opt.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.checkpoint_steps = self.memory["checkpointed"] = len(self.steps)
+        self.memory["checkpointed"] = len(self.steps)
         if self.progress:
             tqdm.write("out of memory: now checkpointing every sampler step")
         return self._step(real_idx, real_images)

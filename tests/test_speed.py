@@ -134,7 +134,7 @@ def test_every_fast_switch_at_once_agrees_with_the_reference(tmp_path, monkeypat
     l32, g32 = _loss_and_grad(tmp_path / "ref", precision="fp32", compile="off", checkpointing="none")
     monkeypatch.setattr(mmdlib.finetune, "resolve_speed", lambda *a: Speed(True, True, True, True))
     ft = _finetuner(tmp_path / "fast", checkpointing="none")
-    ft.checkpoint_steps = 2  # of 3: both kinds of step go through the compiled UNet
+    ft.memory["checkpointed"] = 2  # of 3: both kinds of step go through the compiled UNet
     assert ft.net is not ft.unet and ft.opt.defaults["fused"]
     assert ft.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     loss = ft.loss(0, list(range(16)), None)
