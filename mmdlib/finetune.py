@@ -2,7 +2,9 @@
 
 Each iteration draws a real batch and fresh noise, samples through the short chain *with gradients*,
 embeds both sides (real features without gradients), minimises the unbiased MMD^2 (eq. 7) and steps
-Adam. Everything random is seeded by (seed, iteration), so ``resume`` continues to the same weights.
+Adam. Everything random comes from the run seed's own streams (``mmdlib.streams``: "train" per
+generated sample, "real-batch" per iteration), so ``resume`` continues to the same weights and no
+evaluation or figure ever reuses a training latent.
 """
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ from tqdm.auto import tqdm
 
 from .cache import atomic_save
 from .errors import MMDLibError
-from .evaluate import SAMPLERS
 from .features import FEATURES, FeatureExtractor, get_feature_extractor, to_unit
 from .mmd import KERNELS, mmd2_unbiased
 from .models import LoadedModel, save_pipeline
 from .plots import save_grid
-from .sampling import generators, noise
+from .sampling import SAMPLERS, is_stochastic, noise, sample_seeded, sampler_kwargs
 from .schedules import SUBSETS, timestep_subset
 from .speed import COMPILE, PRECISIONS, available_bytes, chain_peak, plan_checkpointing, resolve_speed, saved_bytes
+from .streams import MAX_INDEX, stream_seed, stream_seeds
 
 CHECKPOINTING = ("auto", "all", "none")
 
@@ -87,6 +89,12 @@ class FinetuneConfig:
             raise MMDLibError(f"memory_gib must be > 0 (GiB the run may use), got {self.memory_gib}.")
         if not self.lr > 0:
             raise MMDLibError(f"learning rate must be > 0, got {self.lr}.")
+        sampler_kwargs(self.sampler, self.eta)
+        stream_seed("train", self.seed, 0)  # the seed is in range
+        if self.iterations * self.batch_size > MAX_INDEX + 1:
+            raise MMDLibError(f"iterations x batch size = {self.iterations * self.batch_size:,} generated samples; a "
+                              f"run seed's training stream holds {MAX_INDEX + 1:,}. Use fewer iterations or a smaller "
+                              f"batch.")
         return self
 
     def run_identity(self) -> dict:
@@ -107,8 +115,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 class _IterationBatches(Sampler):
-    """Real-image indices of the global batch for iterations start..end-1, each drawn from a generator
-    seeded by (seed, it); with ``part=(rank, world)`` only that rank's contiguous share."""
+    """Real-image indices of the global batch for iterations start..end-1, each drawn from the generator of
+    draw ``it`` in the run's "real-batch" stream; with ``part=(rank, world)`` only that rank's contiguous share."""
 
     def __init__(self, n: int, batch: int, seed: int, start: int, end: int, part: tuple[int, int] = (0, 1)):
         self.n, self.batch, self.seed, self.start, self.end, self.part = n, batch, seed, start, end, part
@@ -117,7 +125,7 @@ class _IterationBatches(Sampler):
         rank, world = self.part
         share = self.batch // world
         for it in range(self.start, self.end):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + it)
+            g = torch.Generator().manual_seed(stream_seed("real-batch", self.seed, it))
             if self.batch <= self.n:
                 idx = torch.randperm(self.n, generator=g)[: self.batch].tolist()
             else:
@@ -129,11 +137,12 @@ class _IterationBatches(Sampler):
 
 
 def _noise_seeds(cfg: FinetuneConfig, it: int, part: tuple[int, int] = (0, 1)) -> list[int]:
-    """Per-sample noise seeds of iteration ``it``'s global batch (or one rank's contiguous share)."""
+    """Per-sample seeds of iteration ``it``'s global batch (or one rank's contiguous share): draws
+    it * batch + i of the run's "train" stream."""
     rank, world = part
     share = cfg.batch_size // world
-    base = (cfg.seed * 1_000_003 + it) * cfg.batch_size + rank * share
-    return [base + i for i in range(share)]
+    start = it * cfg.batch_size + rank * share
+    return stream_seeds("train", cfg.seed, range(start, start + share))
 
 
 class _Processes:
@@ -306,9 +315,10 @@ class Finetuner:
         if policy != "auto":
             return {"policy": policy, "steps": n, "checkpointed": n if policy == "all" else 0}
         params = (*self.unet.parameters(), *self.extractor.parameters())
-        x = torch.randn((self.cfg.batch_size // self.procs.world, *self.model.sample_shape), device=self.device,
-                        requires_grad=True)
-        stochastic = self.cfg.sampler == "ddpm" or self.cfg.eta > 0
+        share = self.cfg.batch_size // self.procs.world
+        x = noise(stream_seeds("memory-plan", 0, range(share)), self.model.sample_shape,
+                  device=self.device).requires_grad_()
+        stochastic = is_stochastic(self.cfg.sampler, self.cfg.eta)
         with self.speed.autocast(self.device):
             step, x0 = saved_bytes(lambda: SAMPLERS[self.cfg.sampler](self.unet, x, self.steps[:1],
                                                                        self.model.alphas_cumprod, **self._sampler_kw),
@@ -329,14 +339,13 @@ class Finetuner:
 
     @property
     def _sampler_kw(self) -> dict:
-        return {"eta": self.cfg.eta} if self.cfg.sampler == "ddim" else {}
+        return sampler_kwargs(self.cfg.sampler, self.cfg.eta)
 
     def sample(self, seeds: list[int]) -> torch.Tensor:
-        """x_0 in [-1, 1] through the short chain (differentiable), noise seeded per sample."""
-        x_T = noise(seeds, self.model.sample_shape, device=self.device)
-        return SAMPLERS[self.cfg.sampler](self.net, x_T, self.steps, self.model.alphas_cumprod,
-                                          checkpoint=self.checkpoint_steps, generator=generators(seeds),
-                                          **self._sampler_kw)
+        """x_0 in [-1, 1] through the short chain (differentiable): each sample's generator draws its x_T,
+        then its in-chain noise."""
+        return sample_seeded(self.net, seeds, self.model.sample_shape, self.steps, self.model.alphas_cumprod,
+                             self.cfg.sampler, device=self.device, checkpoint=self.checkpoint_steps, **self._sampler_kw)
 
     def loss(self, it: int, real_idx: list[int], real_images: torch.Tensor | None) -> torch.Tensor:
         """Unbiased MMD^2 (eq. 7) on the global batch (kernel sums in float64). Each process generates its
@@ -389,11 +398,12 @@ class Finetuner:
         return loss.item(), gnorm.item()
 
     def save_grid(self, name: str) -> Path | None:
-        """64 samples from fixed noise (the same at every call), on the main process."""
+        """64 samples from fixed noise (the "grid" stream: the same at every call and in every run), on the
+        main process."""
         if not self.procs.main:
             return None
         with torch.no_grad():
-            x = to_unit(self.sample(list(range(10**9, 10**9 + 64))).float())
+            x = to_unit(self.sample(stream_seeds("grid", 0, range(64))).float())
         return save_grid(x, self.out / "samples" / f"{name}.png")
 
     def run(self) -> Path:
@@ -430,7 +440,7 @@ class Finetuner:
         path = self.out / "finetuned"
         if self.procs.main:
             save_pipeline(self.unet, path, cfg.timesteps, self.model.alphas_cumprod, cfg.schedule,
-                          meta={"finetune": dataclasses.asdict(self.cfg)})
+                          meta={"finetune": dataclasses.asdict(self.cfg)}, sampler=cfg.sampler, eta=cfg.eta)
         self.procs.barrier()
         return path
 

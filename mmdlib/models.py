@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from .cache import env_flag
+from .cache import env_flag, weights_hash
 from .errors import MMDLibError
 from .schedules import alphas_cumprod as _alphas_cumprod
 from .schedules import linear_betas, timestep_subset
@@ -43,6 +43,14 @@ class LoadedModel:
     def sample_shape(self) -> tuple[int, int, int]:
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
         return (c, *(s if isinstance(s, (tuple, list)) else (s, s)))
+
+    def identity(self) -> dict:
+        """What determines this model's outputs, for cache keys: a hash of its weights (now: finetuning
+        changes them in place), its architecture and its noise schedule; never its path or name."""
+        config = dict(getattr(self.unet, "config", {}) or {})
+        return {"weights": weights_hash(self.unet), "class": type(self.unet).__name__,
+                "config": {k: v for k, v in config.items() if not k.startswith("_")},
+                "alphas_cumprod": weights_hash({"ac": self.alphas_cumprod.double()})}
 
 
 def _schedule_from_config(config: dict) -> torch.Tensor:
@@ -115,30 +123,42 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
 
 
 def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alphas_cumprod: torch.Tensor | None = None,
-                  kind: str = "linear", meta: dict | None = None) -> Path:
-    """Write ``model`` as a folder that ``diffusers.DDIMPipeline.from_pretrained`` loads.
+                  kind: str = "linear", meta: dict | None = None, sampler: str = "ddim", eta: float = 0.0) -> Path:
+    """Write ``model`` as a folder that ``diffusers.DiffusionPipeline.from_pretrained`` loads.
 
-    Its DDIMScheduler (set_alpha_to_one, no clipping, "leading" spacing, offset 0) makes
-    ``pipe(num_inference_steps=budget, eta=0)`` visit exactly ``timestep_subset(budget, T, kind)``, the
-    steps ``ddim_sample`` used. ``mmdlib.json`` records the budget and its timesteps.
+    ``sampler="ddim"`` writes a DDIMPipeline whose DDIMScheduler (set_alpha_to_one, no clipping, "leading"
+    spacing, offset 0) makes ``pipe(num_inference_steps=budget, eta=eta)`` visit exactly
+    ``timestep_subset(budget, T, kind)``, the steps ``ddim_sample`` used; ``"ddpm"`` a DDPMPipeline
+    (fixed-small variance, no clipping, the same spacing) that ``ddpm_sample`` equals. Called with the
+    generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic steps included.
+    ``mmdlib.json`` records the budget, its timesteps, the sampler and eta (pass the recorded eta to a
+    DDIMPipeline: it is a call argument, not part of the scheduler's config).
     """
-    from diffusers import DDIMPipeline, DDIMScheduler
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
+    from .sampling import sampler_kwargs
+
+    sampler_kwargs(sampler, eta)  # a known sampler, and eta only where it applies
+    if sampler not in ("ddim", "ddpm"):
+        raise MMDLibError(f"save_pipeline writes ddim and ddpm pipelines, not {sampler!r}.")
     ac = _alphas_cumprod(linear_betas()) if alphas_cumprod is None else torch.as_tensor(alphas_cumprod).double()
     T = len(ac)
     steps = timestep_subset(budget, T, kind)
     if kind != "linear":
-        warnings.warn(f"a {kind} subset cannot be expressed in DDIMScheduler's config: DDIMPipeline will use "
-                      f"linear spacing; sample with mmdlib.ddim_sample and the timesteps in {META_FILE}.")
+        warnings.warn(f"a {kind} subset cannot be expressed in the scheduler's config: the pipeline will use "
+                      f"linear spacing; sample with mmdlib and the timesteps in {META_FILE}.")
     if torch.allclose(ac, _alphas_cumprod(linear_betas(T)), rtol=1e-12, atol=0):
         betas = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
     else:
         betas = {"trained_betas": (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()}
-    scheduler = DDIMScheduler(num_train_timesteps=T, set_alpha_to_one=True, clip_sample=False,
-                              timestep_spacing="leading", steps_offset=0, **betas)
+    common = dict(num_train_timesteps=T, clip_sample=False, timestep_spacing="leading", steps_offset=0, **betas)
+    if sampler == "ddim":
+        pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler(set_alpha_to_one=True, **common))
+    else:
+        pipe = DDPMPipeline(unet=model, scheduler=DDPMScheduler(variance_type="fixed_small", **common))
     path = Path(path)
-    DDIMPipeline(unet=model, scheduler=scheduler).save_pretrained(path)
-    record = {"budget": budget, "schedule": kind, "timesteps": steps, "num_inference_steps": budget, "eta": 0.0,
-              **(meta or {})}
+    pipe.save_pretrained(path)
+    record = {"budget": budget, "schedule": kind, "timesteps": steps, "num_inference_steps": budget,
+              "sampler": sampler, "eta": float(eta) if sampler == "ddim" else None, **(meta or {})}
     (path / META_FILE).write_text(json.dumps(record, indent=1))
     return path

@@ -3,7 +3,9 @@
 Plain functions with no hidden state and no ``no_grad`` inside, so the same code samples and is
 differentiated through (MMD-DDM backpropagates the loss through the whole chain). Noise comes from
 ``generator``: ``None`` (torch's global RNG), one ``torch.Generator`` for the batch, or a list with one
-generator per sample, which makes every sample independent of how the batch is split.
+generator per sample, which makes every sample independent of how the batch is split. A stochastic
+sampler draws each step's noise from ``generator`` after the caller drew x_T from it (``sample_seeded``
+does both), as diffusers' pipelines do: the in-chain noise is never x_T again.
 """
 from __future__ import annotations
 
@@ -145,3 +147,39 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float | torch.Tensor) -> to
     theta = torch.arccos(torch.clamp(a @ b / (a.norm() * b.norm()), -1.0, 1.0))
     alpha = torch.as_tensor(alpha, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * x0.dim()))
     return (torch.sin((1 - alpha) * theta) * x0 + torch.sin(alpha * theta) * x1) / torch.sin(theta)
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": ddim_sample, "ddpm": ddpm_sample}
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    """The sampler registered as ``name`` (see SAMPLERS)."""
+    if name not in SAMPLERS:
+        raise MMDLibError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}.")
+    return SAMPLERS[name]
+
+
+def sampler_kwargs(name: str, eta: float | None = 0.0) -> dict:
+    """The options a sampler takes from run settings: DDIM's eta; DDPM has none (its noise is fixed by eq. 4)."""
+    get_sampler(name)
+    if name == "ddim":
+        return {"eta": float(eta or 0.0)}
+    if eta:
+        raise MMDLibError(f"eta={eta} applies to the ddim sampler only; {name} takes no eta (leave it at 0).")
+    return {}
+
+
+def is_stochastic(name: str, eta: float | None = 0.0) -> bool:
+    """Whether the chain adds fresh noise at its steps (DDPM, or DDIM with eta > 0)."""
+    return name != "ddim" or bool(eta)
+
+
+def sample_seeded(model: Callable, seeds: Sequence[int], shape: Sequence[int], timesteps: Sequence[int],
+                  alphas_cumprod: torch.Tensor, sampler: str = "ddim", device=None, checkpoint: bool | int = False,
+                  **kw) -> torch.Tensor:
+    """x_0 in [-1, 1] for per-sample ``seeds``: sample i's generator draws its x_T ([C, H, W] = ``shape``) and
+    then its in-chain noise, so each sample depends on its seed only (and equals a diffusers pipeline called
+    with the same generators)."""
+    gens = generators(seeds)
+    x_T = randn((len(gens), *shape), gens, device=device)
+    return get_sampler(sampler)(model, x_T, timesteps, alphas_cumprod, checkpoint=checkpoint, generator=gens, **kw)

@@ -15,11 +15,24 @@ from torch import nn
 from .mmd import mmd2_unbiased
 from .sampling import ddim_sample
 from .schedules import alphas_cumprod, linear_betas
+from .streams import stream_seed
+
+# draws of the "toy" stream, one per purpose: the data, the DDPM training, the MMD finetuning, the samples shown
+DATA, TRAIN, FINETUNE, SAMPLES = range(4)
+
+
+def _generator(seed: int, purpose: int) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed("toy", seed, purpose))
+
+
+def toy_noise(n: int, seed: int = 0) -> torch.Tensor:
+    """x_T [n, 2] for the samples the chapter shows (never a training draw)."""
+    return torch.randn(n, 2, generator=_generator(seed, SAMPLES))
 
 
 def toy_data(n: int, seed: int = 0, modes: int = 8, radius: float = 1.0, std: float = 0.05) -> torch.Tensor:
     """``n`` points [n, 2] from ``modes`` Gaussians (spread ``std``) evenly spaced on a circle."""
-    g = torch.Generator().manual_seed(seed)
+    g = _generator(seed, DATA)
     angle = torch.randint(modes, (n,), generator=g) * (2 * math.pi / modes)
     centres = radius * torch.stack([angle.cos(), angle.sin()], 1)
     return centres + std * torch.randn(n, 2, generator=g)
@@ -42,8 +55,8 @@ class ToyDenoiser(nn.Module):
 def train_toy(data: torch.Tensor, iterations: int = 4000, batch: int = 512, lr: float = 1e-3, T: int = 1000,
               seed: int = 0) -> tuple[ToyDenoiser, torch.Tensor, list[float]]:
     """DDPM training (eq. 5) on ``data``; returns the model, its alphas_cumprod and the losses."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(stream_seed("toy", seed, TRAIN))  # the initial weights
+    g = _generator(seed, TRAIN)
     model, ac = ToyDenoiser(), alphas_cumprod(linear_betas(T)).float()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
@@ -69,7 +82,7 @@ def finetune_toy(model: nn.Module, data: torch.Tensor, ac: torch.Tensor, timeste
     unbiased MMD^2 (eq. 7) against a real batch, step Adam. Returns the losses. The features are the
     coordinates themselves; ``sigma`` is the RBF bandwidth (about a mode's size)."""
     kernel_kw = {"sigma": sigma} if kernel == "rbf" else {}
-    g = torch.Generator().manual_seed(seed)
+    g = _generator(seed, FINETUNE)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(iterations):

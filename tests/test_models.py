@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMPipeline
@@ -93,3 +94,53 @@ def test_saved_pipeline_with_a_non_linear_schedule_keeps_it(tmp_path):
     m = load_model(str(tmp_path / "p"))
     torch.testing.assert_close(m.alphas_cumprod, ac, rtol=1e-6, atol=0)
     assert m.meta["timesteps"] == mmdlib.timestep_subset(5, kind="quadratic")
+
+
+@pytest.mark.parametrize("sampler,eta,budget", [("ddim", 0.0, 5), ("ddim", 0.6, 5), ("ddim", 1.0, 3), ("ddpm", None, 5),
+                                                ("ddpm", None, 10)])
+def test_exported_pipeline_reproduces_mmdlibs_stochastic_chain_from_the_same_generators(tmp_path, sampler, eta,
+                                                                                         budget):
+    # x_T and every step's noise from the same per-sample generators, drawn in the same order: the pipeline
+    # (whatever class DiffusionPipeline picks from the folder) and mmdlib produce the same images.
+    from diffusers import DiffusionPipeline
+
+    unet = make_tiny_unet()
+    save_pipeline(unet, tmp_path / "pipe", budget=budget, sampler=sampler, eta=eta or 0.0)
+    meta = json.loads((tmp_path / "pipe" / "mmdlib.json").read_text())
+    assert (meta["sampler"], meta["eta"], meta["budget"]) == (sampler, eta, budget)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(pipe).__name__ == {"ddim": "DDIMPipeline", "ddpm": "DDPMPipeline"}[sampler]
+    seeds = [11, 12, 13]
+    call = {"eta": eta} if sampler == "ddim" else {}
+    images = pipe(batch_size=3, num_inference_steps=budget, generator=mmdlib.generators(seeds), output_type="np",
+                  **call).images
+    with torch.no_grad():
+        ours = mmdlib.sample_seeded(unet, seeds, (3, 8, 8), meta["timesteps"],
+                                    mmdlib.alphas_cumprod(mmdlib.linear_betas()), sampler, **call)
+    expected = (ours.clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).numpy()
+    torch.testing.assert_close(torch.from_numpy(images), torch.from_numpy(expected), rtol=1e-5, atol=1e-5)
+    if sampler == "ddpm" or eta:  # the noise matters: other generators give other images
+        other = pipe(batch_size=3, num_inference_steps=budget, generator=mmdlib.generators([11, 12, 99]),
+                     output_type="np", **call).images
+        assert np.abs(other[:2] - images[:2]).max() < 1e-6 and np.abs(other[2] - images[2]).max() > 1e-3
+
+
+def test_export_refuses_eta_for_ddpm_and_unknown_samplers(tmp_path):
+    with pytest.raises(mmdlib.MMDLibError, match="eta=0.5 applies to the ddim sampler only"):
+        save_pipeline(make_tiny_unet(), tmp_path / "p", sampler="ddpm", eta=0.5)
+    with pytest.raises(mmdlib.MMDLibError, match="unknown sampler 'euler'; known samplers: ddim, ddpm"):
+        save_pipeline(make_tiny_unet(), tmp_path / "p", sampler="euler")
+    assert not (tmp_path / "p").exists()
+
+
+def test_model_identity_follows_the_weights_not_the_path(tmp_path):
+    unet = make_tiny_unet()
+    a = load_model(str(save_pipeline(unet, tmp_path / "a", budget=2)))
+    b = load_model(str(save_pipeline(unet, tmp_path / "b", budget=2)))
+    assert a.identity() == b.identity()
+    with torch.no_grad():
+        b.unet.conv_in.bias[0] += 1e-6  # the in-place change finetuning makes
+    assert a.identity() != b.identity()
+    c = load_model(str(save_pipeline(unet, tmp_path / "c", budget=2,
+                                     alphas_cumprod=mmdlib.alphas_cumprod(mmdlib.linear_betas(1000, 1e-4, 0.03)))))
+    assert c.identity()["weights"] == a.identity()["weights"] and c.identity() != a.identity()
