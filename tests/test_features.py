@@ -62,6 +62,28 @@ def test_clip_on_random_weights_matches_open_clip_preprocess():
     assert x.grad.abs().sum() > 0
 
 
+def test_clip_metric_path_is_open_clips_own_preprocessing_on_8_bit_images():
+    # FID_CLIP as its users compute it: open_clip's evaluation transform (PIL's antialiased bicubic resize)
+    # on 8-bit images; the loss path (differentiable bicubic without antialiasing) differs on small images.
+    import open_clip
+    from PIL import Image
+
+    f = get_feature_extractor("clip", pretrained=None)
+    _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    u8 = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = f.net.encode_image(torch.stack([preprocess(Image.fromarray(im)) for im in u8]))
+        images = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255
+        got = f.metric_features(images)
+        loss_path = f(images)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (loss_path - expected).norm() > 1e-3 * expected.norm()
+    gray = torch.from_numpy(u8[:, :, :, 0]).float()[:, None] / 255  # one channel: repeated to RGB like PIL's convert
+    with torch.no_grad():
+        want = f.net.encode_image(torch.stack([preprocess(Image.fromarray(im[:, :, 0]).convert("RGB")) for im in u8]))
+        torch.testing.assert_close(f.metric_features(gray), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["digits-a", "digits-b"])
 def test_digits_nets_are_accurate_and_differentiable(name):
     f = get_feature_extractor(name)
