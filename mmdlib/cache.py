@@ -2,7 +2,9 @@
 
 Entries live under ``$MMDLIB_CACHE`` (default ``~/.cache/mmdlib``) at ``kind/<hash of config>``; they
 are built in a temporary folder and renamed into place, so a reader never sees half an entry, and a
-file lock makes a second process wait for the first builder instead of building again.
+file lock makes a second process wait for the first builder instead of building again. Every key holds
+``RESULTS_VERSION`` and the smoke switch besides what its caller puts in it (weights by their hash,
+never by a path or a name), so changed code or a smoke build never hands out an old or a toy result.
 """
 from __future__ import annotations
 
@@ -33,13 +35,38 @@ def smoke_test() -> bool:
     return env_flag("MMDLIB_SMOKE")
 
 
+# Bump when the meaning of a cached result changes (a fix to sampling, noise streams, metrics or training):
+# every cache key holds it, so no result computed by older code is reused.
+RESULTS_VERSION = 2
+
+
+def weights_hash(weights) -> str:
+    """SHA-256 (16 hex digits) of a module's state dict, or of a dict of tensors: names, dtypes, shapes, bytes."""
+    import torch
+
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def config_key(config: dict) -> str:
     """A short stable hash of a JSON-serialisable config."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def full_key(config: dict) -> dict:
+    """``config`` with what every cache key holds: the results version and the smoke switch."""
+    return {"results_version": RESULTS_VERSION, "smoke": smoke_test(), **config}
+
+
 def cached(kind: str, config: dict, build: Callable[[Path], None]) -> Path:
-    """The folder for ``config``, calling ``build(tmp_folder)`` once if it is not there yet."""
+    """The folder for ``config`` (with ``full_key``'s additions), calling ``build(tmp_folder)`` once if it
+    is not there yet."""
+    config = full_key(config)
     final = cache_dir() / kind / config_key(config)
     if (final / "config.json").exists():
         return final

@@ -82,12 +82,17 @@ def cmd_finetune(a: argparse.Namespace) -> None:
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from . import load_model
-    from .evaluate import evaluate
+    from .evaluate import EvalConfig, evaluate
 
+    try:
+        budgets = tuple(int(b) for b in a.budgets.split(","))
+    except ValueError:
+        raise MMDLibError(f"--budgets must be comma-separated integers, e.g. 5,10,20; got {a.budgets!r}.") from None
+    cfg = EvalConfig(dataset=a.dataset, split=a.split, data_root=a.data_root, budgets=budgets,
+                     spaces=tuple(a.features.split(",")), n=a.n, seeds=a.seeds, sampler=a.sampler, eta=a.eta,
+                     schedule=a.schedule, precision=a.precision).check()
     model = load_model(a.model)
-    res = evaluate(model, a.dataset, a.split, [int(b) for b in a.budgets.split(",")], a.features.split(","), a.n,
-                   list(range(a.seeds)), a.sampler, a.schedule, a.inception_weights, precision=a.precision,
-                   **_data_kw(a))
+    res = evaluate(model, cfg, weights_path=a.inception_weights, download=a.download)
     text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +105,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
     m = run_demo(a.out, timesteps=a.timesteps, iterations=a.iterations, n=a.n, seeds=a.seeds, overwrite=a.overwrite,
                  resume=a.resume)
-    print(json.dumps({k: m[k] for k in ("fid_before", "fid_after", "gap_closed", "feature_space", "timesteps")}))
+    print(json.dumps({k: m[k] for k in ("fid_before", "fid_after", "fid_reference", "reference_budget", "gap_closed",
+                                        "feature_space", "timesteps")}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,33 +124,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="FID/KID of a model across budgets",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .evaluate import EVAL_PRECISIONS, EvalConfig
+
+    e = EvalConfig()  # the one source of evaluation defaults
     ev.add_argument("--model", default="digits", help=HELP["model"])
-    ev.add_argument("--dataset", default="digits", help="reference data")
-    ev.add_argument("--split", default="all", help="reference split")
-    ev.add_argument("--data-root", default=None, help=HELP["data_root"])
+    ev.add_argument("--dataset", default=e.dataset, help="reference data")
+    ev.add_argument("--split", default=e.split, help="reference split")
+    ev.add_argument("--data-root", default=e.data_root, help=HELP["data_root"])
     ev.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
-    ev.add_argument("--budgets", default="5,10,20", help="comma-separated sampling budgets")
-    ev.add_argument("--features", default="digits-a,digits-b",
+    ev.add_argument("--budgets", default=",".join(map(str, e.budgets)), help="comma-separated sampling budgets")
+    ev.add_argument("--features", default=",".join(e.spaces),
                     help="comma-separated feature spaces (inception adds the Inception Score; clip gives FID_CLIP)")
-    ev.add_argument("--n", type=int, default=5000, help="generated samples per budget and seed")
-    ev.add_argument("--seeds", type=int, default=1, help="number of seeds (mean and std are reported)")
-    ev.add_argument("--sampler", default="ddim", help="ddim or ddpm")
-    ev.add_argument("--schedule", default="linear", help="linear or quadratic")
+    ev.add_argument("--n", type=int, default=e.n, help="generated samples per budget and seed")
+    ev.add_argument("--seeds", type=int, default=len(e.seeds),
+                    help="number of evaluation seeds, 0..k-1 (mean and std are reported)")
+    ev.add_argument("--sampler", default=e.sampler, help="ddim or ddpm")
+    ev.add_argument("--eta", type=float, default=e.eta, help="DDIM eta (ddim only)")
+    ev.add_argument("--schedule", default=e.schedule, help="linear or quadratic")
     ev.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file")
-    ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    ev.add_argument("--precision", default=e.precision, choices=list(EVAL_PRECISIONS),
                     help="bf16: sample and embed under bf16 autocast (faster on GPUs, not exact)")
     ev.add_argument("--out", default=None, help="also write the JSON here")
     ev.set_defaults(func=cmd_evaluate)
 
     de = sub.add_parser("demo", help="the embedded offline default end to end (digits)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from .demo import DEMO
+    from .demo import DEMO, PRESET
 
     de.add_argument("--out", required=True, help="output folder: metrics.json, base/, finetuned/, grids")
     de.add_argument("--timesteps", type=int, default=DEMO.timesteps, help="sampling budget to finetune for")
     de.add_argument("--iterations", type=int, default=DEMO.iterations, help="finetuning iterations")
-    de.add_argument("--n", type=int, default=5000, help="generated samples per budget and seed for the metrics")
-    de.add_argument("--seeds", type=int, default=1, help="seeds for the metrics (mean and std reported)")
+    de.add_argument("--n", type=int, default=PRESET.evaluation.n,
+                    help="generated samples per budget and seed for the metrics")
+    de.add_argument("--seeds", type=int, default=len(PRESET.evaluation.seeds),
+                    help="evaluation seeds for the metrics (mean and std reported)")
     de.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     de.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     de.set_defaults(func=cmd_demo)

@@ -1,71 +1,68 @@
 """The embedded offline default end to end: the digits base model, finetuned with MMD in ``digits-a``
 and measured in the held-out ``digits-b`` space (the paper's optimise-Inception/measure-CLIP protocol
-in miniature, Sec. IV-C)."""
+in miniature, Sec. IV-C). Settings: the ``digits`` preset."""
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
 from .data import digits_dataset
-from .evaluate import evaluate
-from .features import to_unit
-from .finetune import FinetuneConfig, Finetuner
+from .evaluate import evaluate, generate
+from .finetune import Finetuner
 from .models import load_model, save_pipeline
 from .plots import save_grid
-from .sampling import noise
+from .presets import get_preset
 from .schedules import timestep_subset
 
-DEMO = FinetuneConfig(model="digits", dataset="digits", split="all", features="digits-a", kernel="cubic",
-                      timesteps=5, batch_size=128, lr=5e-6, iterations=400,
-                      save_every=50, sample_every=100)
-MEASURED_IN = "digits-b"
+PRESET = get_preset("digits")
+DEMO = PRESET.finetune
+MEASURED_IN = PRESET.measure
 
 
-def gap_closed(before: dict, after: dict, budget: int, space: str = MEASURED_IN, reference: int = 20) -> float:
-    """Share of the base model's budget-to-reference FID gap that finetuning closes (1 = reaches 20-step FID)."""
+def gap_closed(before: dict, after: dict, budget: int, space: str = MEASURED_IN,
+               reference: int = PRESET.reference_budget) -> float:
+    """Share of the base model's budget-to-reference FID gap that finetuning closes (1 = the finetuned
+    model at ``budget`` steps matches the base model at ``reference`` steps)."""
     gap = before[budget][space]["fid"] - before[reference][space]["fid"]
     return (before[budget][space]["fid"] - after[budget][space]["fid"]) / gap if gap > 0 else float("nan")
 
 
-def _grid_samples(model, budget: int) -> torch.Tensor:
-    from .sampling import ddim_sample
-
-    device = next(model.unet.parameters()).device  # sample where the model is; do not move it
-    with torch.no_grad():
-        x = ddim_sample(model.unet, noise(range(64), model.sample_shape, device=device),
-                        timestep_subset(budget, model.T), model.alphas_cumprod)
-    return to_unit(x)
+def _grid_samples(model, budget: int):
+    unet = model.unet
+    device = next(unet.parameters()).device  # sample where the model is; do not move it
+    return generate(unet, 64, timestep_subset(budget, model.T), model.alphas_cumprod, model.sample_shape,
+                    device=device, purpose="grid")
 
 
-def run_demo(out: str | Path, timesteps: int = DEMO.timesteps, iterations: int = DEMO.iterations, n: int = 5000,
-             seeds: int = 1, overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict:
+def run_demo(out: str | Path, timesteps: int = DEMO.timesteps, iterations: int = DEMO.iterations,
+             n: int = PRESET.evaluation.n, seeds: int = len(PRESET.evaluation.seeds), overwrite: bool = False,
+             resume: bool = False, progress: bool = True) -> dict:
     """Finetune the digits base model for ``timesteps`` steps; write metrics.json, base/, finetuned/ and grids."""
     out = Path(out)
     cfg = dataclasses.replace(DEMO, timesteps=timesteps, iterations=iterations, out=str(out))
+    reference = PRESET.reference_budget
+    evaluation = dataclasses.replace(PRESET.evaluation, n=n, seeds=seeds).check()
     model = load_model("digits")
-    dataset = digits_dataset(cfg.split)
-    ft = Finetuner(model, dataset, cfg, resume=resume, overwrite=overwrite, progress=progress)  # checks `out` first
-    budgets = sorted({timesteps, 10, 20})
-    spaces = (cfg.features, MEASURED_IN)
-    seeds_ = list(range(seeds))
+    ft = Finetuner(model, digits_dataset(cfg.split), cfg, resume=resume, overwrite=overwrite,
+                   progress=progress)  # checks `out` first
+    budgets = tuple(sorted({timesteps, 10, 20}))
     base = load_model("digits")  # an untouched copy: the finetuner trains `model` in place
-    before = evaluate(base, "digits", "all", budgets, spaces, n, seeds_, progress=progress)
+    before = evaluate(base, evaluation, budgets=tuple(sorted({*budgets, reference})), progress=progress)
     save_pipeline(base.unet, out / "base", timesteps, base.alphas_cumprod)
     save_grid(_grid_samples(base, timesteps), out / f"samples_before_{timesteps}steps.png")
     ft.run()
-    after = evaluate(model, "digits", "all", budgets, spaces, n, seeds_, progress=progress)
+    after = evaluate(model, evaluation, budgets=budgets, progress=progress)
     save_grid(_grid_samples(model, timesteps), out / f"samples_after_{timesteps}steps.png")
     save_grid(digits_dataset("all").images[:64], out / "samples_real.png")
     metrics = {
         "timesteps": timesteps, "feature_space": MEASURED_IN, "optimised_space": cfg.features,
         "fid_before": before[timesteps][MEASURED_IN]["fid"], "fid_after": after[timesteps][MEASURED_IN]["fid"],
+        "fid_reference": before[reference][MEASURED_IN]["fid"], "reference_budget": reference,
         "gap_closed": gap_closed(before, after, timesteps),
-        "n_samples": n, "seeds": seeds, "reference": "digits/all (1,797 images)",
+        "n_samples": n, "seeds": list(evaluation.seeds), "reference": "digits/all (1,797 images)",
         "before": {str(b): v for b, v in before.items()}, "after": {str(b): v for b, v in after.items()},
-        "config": dataclasses.asdict(cfg),
+        "config": dataclasses.asdict(cfg), "evaluation": dataclasses.asdict(evaluation),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics

@@ -1,6 +1,13 @@
-"""Evaluation: generate samples in memory and score them in any feature space (FID, KID via torch-fidelity)."""
+"""Evaluation: generate samples in memory and score them in any feature space (FID, KID via torch-fidelity).
+
+``EvalConfig`` holds every evaluation setting and its default (the CLI, ``experiments``, the demo and the
+notebooks' presets read it). Evaluation latents come from their own random stream (``mmdlib.streams``),
+disjoint from the training noise, so a finetuned model is never scored on an x_T it was trained on.
+"""
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Callable, Sequence
 
 import numpy as np
@@ -9,10 +16,66 @@ from tqdm.auto import tqdm
 
 from .errors import MMDLibError
 from .features import FeatureExtractor, to_unit
-from .sampling import ddim_sample, ddpm_sample, generators, noise
+from .sampling import sample_seeded, sampler_kwargs
+from .schedules import SUBSETS
 from .speed import Speed
+from .streams import stream_seeds
 
-SAMPLERS: dict[str, Callable] = {"ddim": ddim_sample, "ddpm": ddpm_sample}
+EVAL_PRECISIONS = ("fp32", "bf16")
+# the metrics' own settings (part of every score's cache key)
+METRICS = {"kid_subsets": 50, "kid_subset_size": 1000, "prc_neighbours": 3, "is_splits": 10}
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Every evaluation setting, with the digits defaults: FID/KID/precision/recall (and IS where the space
+    has a classifier) of ``n`` samples per budget and evaluation seed, against ``dataset``/``split``."""
+
+    dataset: str = "digits"
+    split: str = "all"
+    data_root: str | None = None
+    budgets: tuple[int, ...] = (5, 10, 20)
+    spaces: tuple[str, ...] = ("digits-a", "digits-b")
+    n: int = 5000  # generated samples per budget and seed
+    seeds: tuple[int, ...] = (0, 1, 2)  # evaluation seeds (an int k means 0..k-1); mean and std over them
+    sampler: str = "ddim"
+    eta: float = 0.0
+    schedule: str = "linear"
+    precision: str = "fp32"  # "bf16": sample and embed under bf16 autocast (faster on GPUs, not exact)
+
+    def __post_init__(self):
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
+            if self.seeds < 1:
+                raise MMDLibError(f"seeds must be >= 1 (the number of evaluation seeds), got {self.seeds}.")
+            self.seeds = tuple(range(self.seeds))
+        self.seeds, self.budgets = tuple(int(s) for s in self.seeds), tuple(int(b) for b in self.budgets)
+        self.spaces = (self.spaces,) if isinstance(self.spaces, str) else tuple(self.spaces)
+
+    def check(self) -> "EvalConfig":
+        """Refuse bad values with a message naming the value and what is allowed, before any work."""
+        from .features import FEATURES
+
+        if self.n < 2:
+            raise MMDLibError(f"n must be >= 2 generated samples per budget and seed, got {self.n}.")
+        if not self.seeds or not self.budgets or not self.spaces:
+            raise MMDLibError("seeds, budgets and spaces must each name at least one value.")
+        for s in self.spaces:
+            if s not in FEATURES:
+                raise MMDLibError(f"unknown feature space {s!r}; known: {', '.join(FEATURES)}.")
+        if self.schedule not in SUBSETS:
+            raise MMDLibError(f"unknown schedule {self.schedule!r}; known: {', '.join(SUBSETS)}.")
+        if self.precision not in EVAL_PRECISIONS:
+            raise MMDLibError(f"unknown evaluation precision {self.precision!r}; known: {', '.join(EVAL_PRECISIONS)}.")
+        sampler_kwargs(self.sampler, self.eta)
+        for seed in self.seeds:
+            stream_seeds("eval", seed, [0, self.n - 1])
+        return self
+
+    def identity(self) -> dict:
+        """The settings that change the scores (not where the data lives)."""
+        d = dataclasses.asdict(self)
+        d.pop("data_root")
+        return d
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -22,23 +85,24 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 
 def _autocast(device, precision: str):
     """The network under bf16 autocast for ``precision="bf16"``; "fp32" (the default) is exact."""
-    if precision not in ("fp32", "bf16"):
-        raise MMDLibError(f"unknown evaluation precision {precision!r}; known: fp32, bf16.")
+    if precision not in EVAL_PRECISIONS:
+        raise MMDLibError(f"unknown evaluation precision {precision!r}; known: {', '.join(EVAL_PRECISIONS)}.")
     return Speed(bf16=precision == "bf16").autocast(torch.device(device or "cpu"))
 
 
 @torch.no_grad()
 def generate(model: Callable, n: int, timesteps: Sequence[int], alphas_cumprod: torch.Tensor, shape: Sequence[int],
              sampler: str = "ddim", seed: int = 0, batch_size: int = 500, device=None, progress: bool = False,
-             precision: str = "fp32", **kw) -> torch.Tensor:
-    """``n`` samples as float [n, C, H, W] in [0, 1] (8-bit levels); sample i uses seed ``seed * 10**6 + i``.
-    ``precision="bf16"`` runs the network under bf16 autocast (the chain's state stays fp32)."""
+             precision: str = "fp32", purpose: str = "eval", **kw) -> torch.Tensor:
+    """``n`` samples as float [n, C, H, W] in [0, 1] (8-bit levels); sample i comes from draw i of the random
+    stream (``purpose``, ``seed``): "eval" for metrics, "grid" for figures. ``precision="bf16"`` runs the
+    network under bf16 autocast (the chain's state stays fp32)."""
+    seeds = stream_seeds(purpose, seed, range(n))
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"sampling {len(timesteps)} steps", disable=not progress):
-        seeds = [seed * 10**6 + i for i in range(start, min(n, start + batch_size))]
         with _autocast(device, precision):
-            x = SAMPLERS[sampler](model, noise(seeds, shape, device=device), timesteps, alphas_cumprod,
-                                  generator=generators(seeds), **kw)
+            x = sample_seeded(model, seeds[start:start + batch_size], shape, timesteps, alphas_cumprod, sampler,
+                              device=device, **kw)
         out.append(quantize(to_unit(x.float())).cpu())
     return torch.cat(out)
 
@@ -46,10 +110,11 @@ def generate(model: Callable, n: int, timesteps: Sequence[int], alphas_cumprod: 
 @torch.no_grad()
 def embed(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 500, device=None,
           precision: str = "fp32") -> torch.Tensor:
-    """Features [N, D] (float64 on the CPU) of images [N, C, H, W] in [0, 1], in batches."""
+    """Metric features [N, D] (float64 on the CPU) of 8-bit images [N, C, H, W] in [0, 1], in batches, through
+    the extractor's metric path (``FeatureExtractor.metric_features``)."""
     device = device or next(extractor.parameters()).device
     with _autocast(device, precision):
-        return torch.cat([extractor(b.to(device)).double().cpu() for b in images.split(batch_size)])
+        return torch.cat([extractor.metric_features(b.to(device)).double().cpu() for b in images.split(batch_size)])
 
 
 def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
@@ -89,22 +154,31 @@ def dataset_images(dataset, n: int | None = None, seed: int = 0) -> torch.Tensor
     return torch.stack([dataset[i][0] for i in idx])
 
 
+def reference_key(dataset_name: str, split: str, extractor: FeatureExtractor, n: int | None = None,
+                  **data_kw) -> dict:
+    """What real-image features depend on: the data, the count, the extractor (config and weights hash)."""
+    data = {k: str(v) for k, v in data_kw.items() if k != "download"}  # where the data is, not how it came
+    return {"dataset": dataset_name, "split": split, "n": n, "data": data,
+            "extractor": extractor.identity(), "precision": "fp32"}
+
+
 def reference_features(dataset_name: str, split: str, space: str, extractor: FeatureExtractor | None = None,
                        n: int | None = None, device=None, **data_kw) -> torch.Tensor:
-    """Features of real images, cached under $MMDLIB_CACHE keyed by dataset, split, feature space and count."""
+    """Metric features of real images (always fp32), cached under $MMDLIB_CACHE by ``reference_key``."""
     from .cache import cached
     from .data import get_dataset
     from .features import get_feature_extractor
 
-    key = {"dataset": dataset_name, "split": split, "space": space, "n": n,
-           **{k: str(v) for k, v in data_kw.items()}}
+    f = extractor or get_feature_extractor(space)
+    if f.name != space:
+        raise MMDLibError(f"the extractor given is {f.name!r}, not the space {space!r} it should embed.")
 
     def build(tmp):
         ds = get_dataset(dataset_name, split=split, **data_kw)
-        f = extractor or get_feature_extractor(space)
         torch.save(embed(f.to(device or "cpu"), dataset_images(ds, n), device=device).float(), tmp / "features.pt")
 
-    return torch.load(cached("reference-features", key, build) / "features.pt").double()
+    folder = cached("reference-features", reference_key(dataset_name, split, f, n, **data_kw), build)
+    return torch.load(folder / "features.pt", weights_only=True).double()
 
 
 def precision_recall(f_gen: torch.Tensor, f_real: torch.Tensor, k: int = 3) -> tuple[float, float]:
@@ -122,45 +196,92 @@ def inception_score(extractor: FeatureExtractor, f_gen: torch.Tensor) -> tuple[f
     from torch_fidelity.metric_isc import isc_features_to_metric
 
     logits = extractor.logits(f_gen.float().to(next(extractor.parameters()).device)).float().cpu()
-    out = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
+    out = isc_features_to_metric(logits, splits=METRICS["is_splits"], shuffle=True, rng_seed=2020)
     return float(out["inception_score_mean"]), float(out["inception_score_std"])
 
 
-def evaluate(model, dataset: str = "digits", split: str = "all", budgets: Sequence[int] = (5, 10, 20),
-             spaces: Sequence[str] = ("digits-a", "digits-b"), n: int = 5000, seeds: Sequence[int] = (0,),
-             sampler: str = "ddim", schedule: str = "linear", weights_path: str | None = None, device=None,
-             progress: bool = True, precision: str = "fp32", **data_kw) -> dict:
+def extractors_for(spaces: Sequence[str], device=None, weights_path: str | None = None) -> dict[str, FeatureExtractor]:
+    """The feature extractor of each space, on ``device`` (``weights_path``: a local Inception weights file)."""
+    from .features import get_feature_extractor
+
+    return {s: get_feature_extractor(s, **({"weights_path": weights_path} if s == "inception" and weights_path
+                                           else {})).to(device or "cpu") for s in spaces}
+
+
+def score_features(extractor: FeatureExtractor, f_gen: torch.Tensor, f_real: torch.Tensor) -> dict[str, float]:
+    """FID, KID, precision and recall of generated features against real ones, and the Inception Score
+    where the space has a classifier (torch-fidelity's implementations; settings in ``METRICS``)."""
+    scores = {"fid": fid_from_features(f_gen, f_real),
+              "kid": kid_from_features(f_gen, f_real, METRICS["kid_subsets"], METRICS["kid_subset_size"])[0]}
+    scores["precision"], scores["recall"] = precision_recall(f_gen, f_real, METRICS["prc_neighbours"])
+    if hasattr(extractor, "logits"):
+        scores["is"] = inception_score(extractor, f_gen)[0]
+    return scores
+
+
+def score_key(model_identity: dict, cfg: EvalConfig, budget: int, seed: int, timesteps: Sequence[int],
+              reference: dict, device) -> dict:
+    """Everything one seed's scores in one space depend on: the model's weights, the sampling (sampler, eta,
+    timesteps, precision, device class), the samples' stream and count, the reference features' key (data
+    and extractor identity) and the metrics' settings."""
+    return {"model": model_identity, "budget": budget, "timesteps": list(timesteps), "seed": seed, "n": cfg.n,
+            "sampler": cfg.sampler, "eta": cfg.eta, "precision": cfg.precision, "stream": "eval",
+            "device": torch.device(device).type, "reference": reference, "metrics": METRICS}
+
+
+def evaluate(model, config: EvalConfig | None = None, *, weights_path: str | None = None, device=None,
+             progress: bool = True, cache: bool = False, download: bool = False, **settings) -> dict:
     """Score a model across budgets in each feature space: FID, KID and precision/recall (mean and std
-    over seeds; all torch-fidelity's implementations), plus the Inception Score where the space has a
-    classifier (``inception``; the ``digits-*`` spaces score with their digit classifier). FID in
-    ``inception`` is the standard FID; in ``clip`` it is FID_CLIP. Returns a plain dict
+    over evaluation seeds; all torch-fidelity's implementations), plus the Inception Score where the space
+    has a classifier (``inception``; the ``digits-*`` spaces score with their digit classifier). FID in
+    ``inception`` is the standard FID; in ``clip`` it is FID_CLIP. ``settings`` override ``config``'s
+    fields (``EvalConfig``). Returns a plain dict
     ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "precision": ..., "fid_per_seed": [...]}}}``.
     ``precision="bf16"`` samples and embeds under bf16 autocast (faster on GPUs, not exact: keep "fp32" for
-    numbers compared with the paper's; the reference features are always computed in fp32)."""
-    from .features import get_feature_extractor
+    numbers compared with the paper's; the reference features are always computed in fp32).
+    ``cache=True`` keeps each (budget, seed, space)'s scores under $MMDLIB_CACHE (``score_key``), so a
+    later call, with any other budgets, seeds or spaces, only computes what is new. ``download=True`` lets
+    torchvision fetch a missing dataset."""
+    from .cache import cached
     from .schedules import timestep_subset
 
+    cfg = dataclasses.replace(config or EvalConfig(), **settings).check()
+    data_kw = {**({"root": cfg.data_root} if cfg.data_root else {}), **({"download": True} if download else {})}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractors = {s: get_feature_extractor(s, **({"weights_path": weights_path} if s == "inception" and weights_path
-                                                 else {})).to(device) for s in spaces}
-    refs = {s: reference_features(dataset, split, s, extractors[s], device=device, **data_kw) for s in spaces}
+    steps = {b: timestep_subset(b, model.T, cfg.schedule) for b in cfg.budgets}  # refuses a bad budget first
+    extractors = extractors_for(cfg.spaces, device, weights_path)
+    refs = {s: reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw)
+            for s in cfg.spaces}
+    identity = model.identity() if cache else None
     results: dict = {}
-    for b in budgets:
-        steps = timestep_subset(b, model.T, schedule)
-        per: dict = {s: {} for s in spaces}
-        for seed in seeds:
-            x = generate(model.unet, n, steps, model.alphas_cumprod, model.sample_shape, sampler=sampler, seed=seed,
-                         device=device, progress=progress, precision=precision)
-            for s in spaces:
-                f = embed(extractors[s], x, device=device, precision=precision)
-                scores = {"fid": fid_from_features(f, refs[s]), "kid": kid_from_features(f, refs[s], subsets=50)[0]}
-                scores["precision"], scores["recall"] = precision_recall(f, refs[s])
-                if hasattr(extractors[s], "logits"):
-                    scores["is"] = inception_score(extractors[s], f)[0]
+    for b in cfg.budgets:
+        per: dict = {s: {} for s in cfg.spaces}
+        for seed in cfg.seeds:
+            samples: list[torch.Tensor] = []  # generated on first need only: cached spaces need none
+
+            def images() -> torch.Tensor:
+                if not samples:
+                    samples.append(generate(model.unet, cfg.n, steps[b], model.alphas_cumprod, model.sample_shape,
+                                            sampler=cfg.sampler, seed=seed, device=device, progress=progress,
+                                            precision=cfg.precision, **sampler_kwargs(cfg.sampler, cfg.eta)))
+                return samples[0]
+
+            for s in cfg.spaces:
+                def compute(s=s) -> dict:
+                    f = embed(extractors[s], images(), device=device, precision=cfg.precision)
+                    return score_features(extractors[s], f, refs[s])
+
+                if cache:
+                    ref_key = reference_key(cfg.dataset, cfg.split, extractors[s], **data_kw)
+                    key = score_key(identity, cfg, b, seed, steps[b], ref_key, device)
+                    folder = cached("scores", key, lambda tmp: (tmp / "scores.json").write_text(json.dumps(compute())))
+                    scores = json.loads((folder / "scores.json").read_text())
+                else:
+                    scores = compute()
                 for k, v in scores.items():
                     per[s].setdefault(k, []).append(v)
         results[b] = {}
-        for s in spaces:
+        for s in cfg.spaces:
             row = {}
             for k, vals in per[s].items():
                 row[k], row[f"{k}_std"] = mean_std(vals)

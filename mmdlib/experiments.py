@@ -1,7 +1,10 @@
 """Cached runs for the notebooks: a finetuned model or an evaluation is computed once per setting and
-then loaded, so rebuilding the book does not retrain (the keys hold everything that changes a result).
+then loaded, so rebuilding the book does not retrain.
 
-An interrupted finetune resumes from its checkpoint the next time the same setting is asked for.
+Keys hold everything that changes a result (``mmdlib.cache``): the base model by a hash of its weights,
+the feature extractor by its config and weights, the resolved precision and device class, every
+method setting, the results version and the smoke switch. An interrupted finetune resumes from its
+checkpoint the next time the same setting is asked for.
 """
 from __future__ import annotations
 
@@ -9,25 +12,28 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .cache import cache_dir, cached, config_key
+from .cache import cache_dir, cached, config_key, full_key
 from .data import get_dataset
-from .evaluate import embed, evaluate, generate
+from .evaluate import EvalConfig, embed, evaluate, generate
+from .features import FeatureExtractor, get_feature_extractor, to_unit
 from .finetune import FinetuneConfig, Finetuner, pick_device
-from .models import HUB_MODELS, LoadedModel, load_model
+from .models import LoadedModel, load_model
+from .sampling import ddim_sample, noise, sampler_kwargs, slerp
 from .schedules import timestep_subset
+from .speed import resolve_speed
+from .streams import stream_seeds
 
 
 @dataclasses.dataclass
 class Run:
-    """A model with what identifies it: a base model (``folder`` is None) or a cached finetune."""
+    """A model, and for a cached finetune its folder and the settings it was trained with."""
 
     model: LoadedModel
-    identity: dict
-    folder: Path | None = None  # the cached finetune: finetuned/ (a DDIMPipeline), log.csv, samples/
+    folder: Path | None = None  # the cached finetune: finetuned/ (a diffusers pipeline), log.csv, samples/
+    config: FinetuneConfig | None = None  # None for a base model
 
     def log(self):
         """The finetune's per-iteration log (iteration, loss, grad_norm, seconds) as a DataFrame."""
@@ -36,74 +42,79 @@ class Run:
         return pd.read_csv(self.folder / "log.csv")
 
 
-def _model_identity(name: str) -> dict:
-    """What determines the base model's weights: the embedded recipe, a hub id, or a folder's path."""
-    if name == "digits":
-        from .pretrain import default_config
-
-        return {"digits": dataclasses.asdict(default_config())}
-    if name in HUB_MODELS or (name.count("/") == 1 and not Path(name).exists()):
-        return {"hub": HUB_MODELS.get(name, name)}
-    return {"folder": str(Path(name).resolve())}
-
-
 def base(name: str = "digits") -> Run:
-    """The pretrained model ``name`` (the digits base model is trained on first use)."""
-    return Run(load_model(name), {"model": _model_identity(name)})
+    """The pretrained model ``name`` (for ``digits``, the weights shipped in the package)."""
+    return Run(load_model(name))
 
 
 config = FinetuneConfig  # the notebooks' name for it: the paper's settings, checkpointing chosen by memory
 
 
-def finetune_identity(cfg: FinetuneConfig) -> dict:
-    """Everything that determines a finetuned model's weights."""
-    return {"model": _model_identity(cfg.model), "finetune": {**cfg.run_identity(), "iterations": cfg.iterations}}
+def finetune_key(model: LoadedModel, extractor: FeatureExtractor, cfg: FinetuneConfig, device) -> dict:
+    """Everything that determines a finetuned model's weights: the base model's weights (by hash, not by
+    name or path), the extractor's identity, every method setting, the precision and compilation as they
+    resolve on ``device``, and the device class."""
+    speed = resolve_speed(cfg.precision, cfg.compile, device)
+    method = {**cfg.run_identity(), "iterations": cfg.iterations}
+    for name in ("model", "features", "precision"):  # replaced by what they resolve to
+        method.pop(name)
+    return {"model": model.identity(), "extractor": extractor.identity(), "finetune": method,
+            "speed": {"bf16": speed.bf16, "compile": speed.compile}, "device": torch.device(device).type}
+
+
+def _resolve(cfg: FinetuneConfig) -> tuple[LoadedModel, FeatureExtractor, torch.device, dict]:
+    device = pick_device(cfg.device)
+    model, extractor = load_model(cfg.model), get_feature_extractor(cfg.features)
+    return model, extractor, device, finetune_key(model, extractor, cfg.check(), device)
 
 
 def run_folder(cfg: FinetuneConfig) -> Path:
     """Where the finetune for ``cfg`` runs (and resumes after an interruption) before it enters the cache."""
-    return cache_dir() / "runs" / config_key(finetune_identity(cfg))
+    return cache_dir() / "runs" / config_key(full_key(_resolve(cfg)[3]))
 
 
 def finetuned(cfg: FinetuneConfig, progress: bool = True) -> Run:
     """``cfg.model`` finetuned with ``cfg`` (output knobs ignored), computed once and cached."""
     data_kw = {"root": cfg.data_root} if cfg.data_root else {}
-    identity, work = finetune_identity(cfg), run_folder(cfg)
+    model, extractor, device, key = _resolve(cfg)
+    work = cache_dir() / "runs" / config_key(full_key(key))
 
     def build(tmp: Path) -> None:
         c = dataclasses.replace(cfg, out=str(work))
-        Finetuner(load_model(cfg.model), get_dataset(cfg.dataset, cfg.split, **data_kw), c, resume=True,
+        Finetuner(model, get_dataset(cfg.dataset, cfg.split, **data_kw), c, extractor=extractor, resume=True,
                   progress=progress).run()
         for name in ("finetuned", "samples", "log.csv"):
             (shutil.copytree if (work / name).is_dir() else shutil.copy)(work / name, tmp / name)
         shutil.rmtree(work)
 
-    folder = cached("finetuned", identity, build)
-    return Run(load_model(str(folder / "finetuned")), identity, folder)
+    folder = cached("finetuned", key, build)
+    return Run(load_model(str(folder / "finetuned")), folder, cfg)
 
 
-def scores(run: Run, dataset: str = "digits", split: str = "all", budgets: Sequence[int] = (5, 10, 20),
-           spaces: Sequence[str] = ("digits-a", "digits-b"), n: int = 5000, seeds: int = 1, sampler: str = "ddim",
-           schedule: str = "linear", progress: bool = True, **data_kw) -> dict:
-    """``evaluate(run.model, ...)`` (FID, KID, precision/recall, IS), computed once and cached."""
-    setting = {"dataset": dataset, "split": split, "budgets": list(budgets), "spaces": list(spaces), "n": n,
-               "seeds": seeds, "sampler": sampler, "schedule": schedule, **{k: str(v) for k, v in data_kw.items()}}
-
-    def build(tmp: Path) -> None:
-        res = evaluate(run.model, dataset, split, budgets, spaces, n, list(range(seeds)), sampler=sampler,
-                       schedule=schedule, progress=progress, **data_kw)
-        (tmp / "scores.json").write_text(json.dumps(res))
-
-    folder = cached("scores", {"run": run.identity, **setting}, build)
-    return {int(b): v for b, v in json.loads((folder / "scores.json").read_text()).items()}
+def scores(run: Run, config: EvalConfig | None = None, progress: bool = True, **settings) -> dict:
+    """``evaluate(run.model, ...)`` (FID, KID, precision/recall, IS; mean and std over the evaluation
+    seeds), each (budget, seed, space) computed once and cached (``evaluate.score_key``)."""
+    return evaluate(run.model, config, device=pick_device(), progress=progress, cache=True, **settings)
 
 
-def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 7, schedule: str = "linear",
-                       sampler: str = "ddim") -> torch.Tensor:
-    """``n`` samples [n, C, H, W] in [0, 1] from fixed noise: call it on two models to compare them."""
+def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 0, schedule: str = "linear",
+                       sampler: str = "ddim", eta: float = 0.0) -> torch.Tensor:
+    """``n`` samples [n, C, H, W] in [0, 1] from the fixed noise of the "grid" stream: call it on two models
+    to compare them (never a training or an evaluation latent)."""
     m, device = run.model, pick_device()
     return generate(m.unet.to(device), n, timestep_subset(budget, m.T, schedule), m.alphas_cumprod, m.sample_shape,
-                    sampler=sampler, seed=seed, device=device)
+                    sampler=sampler, seed=seed, device=device, purpose="grid", **sampler_kwargs(sampler, eta))
+
+
+@torch.no_grad()
+def interpolation(run: Run, budget: int, pair: int = 0, points: int = 9, seed: int = 0) -> torch.Tensor:
+    """Samples [points, C, H, W] in [0, 1] along the slerp path (eq. 8) between the two end points of
+    ``pair`` in the "interpolation" stream, each sampled with ``budget`` DDIM steps."""
+    m = run.model
+    device = next(m.unet.parameters()).device  # sample where the model is
+    x0, x1 = noise(stream_seeds("interpolation", seed, [2 * pair, 2 * pair + 1]), m.sample_shape)
+    path = slerp(x0, x1, torch.linspace(0, 1, points)).to(device)
+    return to_unit(ddim_sample(m.unet, path, timestep_subset(budget, m.T), m.alphas_cumprod)).cpu()
 
 
 def nearest_real(samples: torch.Tensor, dataset: str, split: str, space: str, k: int = 5,
@@ -111,7 +122,6 @@ def nearest_real(samples: torch.Tensor, dataset: str, split: str, space: str, k:
     """Distances and indices [N, k] of each sample's k nearest real images (Euclidean distance in the
     feature space ``space``): the paper's Fig. 4 check that finetuning does not copy the training set."""
     from .evaluate import reference_features
-    from .features import get_feature_extractor
 
     device = pick_device()
     ref = reference_features(dataset, split, space, device=device, **data_kw)
@@ -128,3 +138,37 @@ def real_nearest_distance(dataset: str, split: str, space: str, n: int = 500, se
     ref = reference_features(dataset, split, space, device=pick_device(), **data_kw)
     idx = torch.randperm(len(ref), generator=torch.Generator().manual_seed(seed))[:n]
     return torch.cdist(ref[idx], ref).topk(2, largest=False).values[:, 1]
+
+
+def data_floor(run: Run, budget: int, dataset: str = "digits", split: str = "all", space: str = "digits-b",
+               draws: int = 3, sampler: str = "ddim", data_root: str | None = None, progress: bool = False) -> dict:
+    """The FID a perfect model would still get, and this model's FID at the same sample sizes.
+
+    For draw d, the real images are split at random into halves A_d and B_d: ``floor`` is FID(A_d, B_d),
+    ``model`` is FID(|A_d| samples of the model (evaluation seed d), B_d). Two samples of the same
+    distribution this size have FID ``floor``, not 0; a model within a small factor of it is close to the
+    data. Returns ``{"floor": [...], "model": [...]}`` (one value per draw), cached."""
+    from .evaluate import fid_from_features, reference_features, reference_key
+
+    data_kw = {"root": data_root} if data_root else {}
+    device = pick_device()
+    extractor = get_feature_extractor(space).to(device)
+    ref = reference_features(dataset, split, space, extractor, device=device, **data_kw)
+    m = run.model
+    steps = timestep_subset(budget, m.T)
+    key = {"model": m.identity(), "budget": budget, "timesteps": steps, "sampler": sampler, "draws": draws,
+           "stream": "eval", "device": device.type, "reference": reference_key(dataset, split, extractor, **data_kw)}
+
+    def build(tmp: Path) -> None:
+        out: dict = {"floor": [], "model": []}
+        half = len(ref) // 2
+        for d in range(draws):
+            perm = torch.randperm(len(ref), generator=torch.Generator().manual_seed(d))
+            a, b = ref[perm[:half]], ref[perm[half:]]
+            x = generate(m.unet.to(device), half, steps, m.alphas_cumprod, m.sample_shape, sampler=sampler, seed=d,
+                         device=device, progress=progress)
+            out["floor"].append(fid_from_features(a, b))
+            out["model"].append(fid_from_features(embed(extractor, x, device=device), b))
+        (tmp / "floor.json").write_text(json.dumps(out))
+
+    return json.loads((cached("data-floor", key, build) / "floor.json").read_text())

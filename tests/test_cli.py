@@ -113,3 +113,21 @@ def test_demo_end_to_end_in_smoke_mode(tmp_path, monkeypatch):
         assert pipe.scheduler.config.timestep_spacing == "leading"
     assert {p.name for p in out.glob("*.png")} == {"samples_before_5steps.png", "samples_after_5steps.png",
                                                    "samples_real.png"}
+
+
+def test_evaluate_end_to_end_via_cli(tmp_path, capsys):
+    from helpers import make_tiny_unet
+
+    from mmdlib.models import save_pipeline
+
+    folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=2)
+    args = ["evaluate", "--model", str(folder), "--split", "test", "--budgets", "1,2", "--features", "digits-a",
+            "--n", "20", "--seeds", "2", "--out", str(tmp_path / "scores.json")]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "scores.json").read_text())
+    assert set(res) == {"1", "2"} and len(res["2"]["digits-a"]["fid_per_seed"]) == 2
+    assert json.loads(capsys.readouterr().out) == res
+    for bad, msg in ((["--budgets", "5,abc"], "--budgets must be comma-separated integers"),
+                     (["--seeds", "0"], "seeds must be >= 1"), (["--sampler", "euler"], "unknown sampler 'euler'")):
+        assert main([*args[:-2], *bad]) == 2
+        assert msg in capsys.readouterr().err

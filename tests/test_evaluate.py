@@ -5,7 +5,8 @@ import torch
 from helpers import make_tiny_unet
 
 import mmdlib
-from mmdlib.evaluate import evaluate, fid_from_features, generate, kid_from_features, reference_features, table
+from mmdlib.evaluate import EvalConfig, evaluate, fid_from_features, generate, kid_from_features, reference_features
+from mmdlib.report import table
 from mmdlib.models import LoadedModel
 
 
@@ -53,11 +54,18 @@ def test_reference_features_are_cached(monkeypatch):
 
 def test_evaluate_returns_a_plain_dict_and_a_table():
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-    res = evaluate(m, "digits", "test", budgets=(1, 2), spaces=("digits-b",), n=40, seeds=(0, 1), progress=False)
+    res = evaluate(m, dataset="digits", split="test", budgets=(1, 2), spaces=("digits-b",), n=40, seeds=(0, 1),
+                   progress=False)
     assert set(res) == {1, 2} and set(res[1]["digits-b"]) >= {"fid", "fid_std", "kid", "kid_std", "precision", "recall"}
-    assert len(res[2]["digits-b"]["fid_per_seed"]) == 2 and res[1]["digits-b"]["fid_std"] > 0
+    row = res[2]["digits-b"]
+    assert len(row["fid_per_seed"]) == 2 and res[1]["digits-b"]["fid_std"] > 0
+    assert row["fid"] == pytest.approx(np.mean(row["fid_per_seed"])) and row["fid_std"] == pytest.approx(
+        np.std(row["fid_per_seed"], ddof=1))
     t = table({"DDIM": res}, "digits-b")
-    assert list(t.columns) == ["|T|=1", "|T|=2"] and t.loc["DDIM", "|T|=1"] == res[1]["digits-b"]["fid"]
+    assert list(t.columns) == ["|T|=1", "|T|=2"] and t.loc["DDIM", "|T|=2"] == f"{row['fid']:.2f} ± {row['fid_std']:.2f}"
+    # the same scores from a config object, and seeds=2 means evaluation seeds 0 and 1
+    cfg = EvalConfig(dataset="digits", split="test", budgets=(1, 2), spaces=("digits-b",), n=40, seeds=2)
+    assert evaluate(m, cfg, progress=False) == res
 
 
 def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path):
@@ -70,8 +78,8 @@ def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path)
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                       feature_extractor_weights_path=str(tmp_path / "w.pth"))
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-    res = evaluate(m, "digits", "test", budgets=(1,), spaces=("inception",), n=20, weights_path=tmp_path / "w.pth",
-                   progress=False)[1]["inception"]
+    res = evaluate(m, dataset="digits", split="test", budgets=(1,), spaces=("inception",), n=20, seeds=1,
+                   weights_path=tmp_path / "w.pth", progress=False)[1]["inception"]
     assert set(res) >= {"fid", "kid", "precision", "recall", "is"} and all(np.isfinite(res[k]) for k in res if
                                                                            k != "fid_per_seed")
     # the Inception Score from our float path equals torch-fidelity's own uint8 path
@@ -90,3 +98,29 @@ def test_dataset_images_fast_path_equals_item_by_item():
     picked = dataset_images(ds, n=5, seed=3)
     idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:5]
     assert torch.equal(picked, slow[idx])
+
+
+def test_evaluation_settings_are_checked_before_any_work(monkeypatch):
+    monkeypatch.setattr("mmdlib.evaluate.reference_features", lambda *a, **k: pytest.fail("work before the check"))
+    m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
+    for bad, msg in (({"n": 1}, "n must be >= 2"), ({"seeds": 0}, "seeds must be >= 1"),
+                     ({"spaces": ("vgg",)}, "unknown feature space 'vgg'"), ({"sampler": "euler"}, "unknown sampler"),
+                     ({"sampler": "ddpm", "eta": 0.3}, "applies to the ddim sampler only"),
+                     ({"budgets": (5, 0)}, "budget must be an integer in 1..T=1000, got 0"),
+                     ({"precision": "fp16"}, "unknown evaluation precision 'fp16'")):
+        with pytest.raises(mmdlib.MMDLibError, match=msg):
+            evaluate(m, **{"dataset": "digits", "split": "test", "spaces": ("digits-b",), **bad}, progress=False)
+
+
+def test_reference_features_are_keyed_by_the_extractors_weights(monkeypatch):
+    # the smoke classifiers and the real ones (or two Inception weight files) never share cached features
+    fx = mmdlib.get_feature_extractor("digits-a")
+    f1 = reference_features("digits", "test", "digits-a", fx)
+    with torch.no_grad():
+        fx.net.head.bias.add_(1.0)  # a different network under the same name (the head is not in the features)
+        fx.net.fc[1].bias.add_(0.5)
+    fx._weights_hash = None
+    f2 = reference_features("digits", "test", "digits-a", fx)
+    assert not torch.equal(f1, f2)
+    with pytest.raises(mmdlib.MMDLibError, match="the extractor given is 'digits-a', not the space 'digits-b'"):
+        reference_features("digits", "test", "digits-b", fx)

@@ -59,11 +59,16 @@ def test_an_interrupted_finetune_resumes_to_the_same_weights(tiny_folder, tmp_pa
 
 def test_cached_scores_equal_evaluate_and_are_not_recomputed(tiny_folder, monkeypatch):
     run = ex.base(tiny_folder)
-    kw = dict(dataset="digits", split="test", budgets=[1, 2], spaces=["digits-b"], n=40)
-    got = ex.scores(run, seeds=2, progress=False, **kw)
-    assert got == evaluate(run.model, seeds=[0, 1], progress=False, **kw)
-    monkeypatch.setattr(ex, "evaluate", lambda *a, **k: pytest.fail("cached scores were recomputed"))
-    assert ex.scores(run, seeds=2, progress=False, **kw) == got
+    kw = dict(dataset="digits", split="test", spaces=["digits-b"], n=40)
+    got = ex.scores(run, budgets=[1, 2], seeds=2, progress=False, **kw)
+    assert got == evaluate(run.model, budgets=[1, 2], seeds=[0, 1], progress=False, **kw)
+    import mmdlib.evaluate
+
+    monkeypatch.setattr(mmdlib.evaluate, "generate", lambda *a, **k: pytest.fail("cached scores were recomputed"))
+    assert ex.scores(run, budgets=[1, 2], seeds=2, progress=False, **kw) == got
+    # each (budget, seed) is cached alone: a subset is served from the cache too, in any order
+    assert ex.scores(run, budgets=[2], seeds=[1], progress=False, **kw)[2]["digits-b"]["fid"] == \
+        got[2]["digits-b"]["fid_per_seed"][1]
 
 
 def test_nearest_real_images_match_brute_force_and_find_an_image_itself():
@@ -144,5 +149,3 @@ def test_the_smoke_switch_shrinks_the_embedded_default(monkeypatch):
     assert not mmdlib.smoke_test() and default_config() == DigitsModelConfig()
     monkeypatch.setenv("MMDLIB_SMOKE", "1")
     assert mmdlib.smoke_test() and default_config() == SMOKE_CONFIG
-    assert ex.finetune_identity(ex.config(model="digits")) != ex.finetune_identity(
-        dataclasses.replace(ex.config(model="digits"), lr=1e-5))

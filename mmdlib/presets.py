@@ -1,0 +1,50 @@
+"""Named settings: a finetuning config and an evaluation config that belong together.
+
+The demo, the CLI's evaluation defaults and the notebooks' ``parameters`` cells use the ``digits`` preset
+(the tests check every notebook's defaults against the preset its parameters cell names);
+``cifar10`` is the paper's CIFAR-10 setting (Sec. IV-A: Inception features, FID_CLIP held out, 50,000
+samples against the training set).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .errors import MMDLibError
+from .evaluate import EvalConfig
+from .finetune import FinetuneConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    finetune: FinetuneConfig
+    evaluation: EvalConfig
+    reference_budget: int = 100  # the many-step budget whose FID the few-step gap is measured to
+
+    @property
+    def measure(self) -> str:
+        """The held-out space: it only measures (the last evaluation space that is not optimised)."""
+        return [s for s in self.evaluation.spaces if s != self.finetune.features][-1]
+
+
+PRESETS: dict[str, Preset] = {
+    "digits": Preset(
+        FinetuneConfig(model="digits", dataset="digits", split="all", features="digits-a", timesteps=5,
+                       iterations=400, save_every=50, sample_every=100),
+        EvalConfig(dataset="digits", split="all", spaces=("digits-a", "digits-b"), budgets=(5, 10, 20), n=5000,
+                   seeds=(0, 1, 2)),
+    ),
+    "cifar10": Preset(
+        FinetuneConfig(model="cifar10", dataset="cifar10", split="train", features="inception", timesteps=5,
+                       iterations=500),
+        EvalConfig(dataset="cifar10", split="train", spaces=("inception", "clip"), budgets=(5, 10, 15, 20), n=50000,
+                   seeds=(0,)),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset registered as ``name`` (a copy: changing it does not change the registry)."""
+    if name not in PRESETS:
+        raise MMDLibError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}.")
+    p = PRESETS[name]
+    return dataclasses.replace(p, finetune=dataclasses.replace(p.finetune), evaluation=dataclasses.replace(p.evaluation))
