@@ -1,12 +1,16 @@
 """The embedded base model: a small UNet2DModel trained with DDPM's loss (paper eq. 5) on the digits.
 
-Trained on first use (a few minutes on two CPU cores), with an EMA of the weights, and cached under
-``$MMDLIB_CACHE/base-model/<config hash>`` as a diffusers folder, so every later call loads it.
+The default recipe's weights ship with the package (``mmdlib/weights/digits``, checked against their
+SHA-256 on load; ``python -m mmdlib.pretrain --out DIR`` regenerates them from the recipe and its seed).
+Any other recipe, and the tiny smoke recipe, is trained on first use, with an EMA of the weights, and
+cached under ``$MMDLIB_CACHE/base-model/<config hash>`` as a diffusers folder.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached, smoke_test
 from .data import digits_dataset
+from .errors import MMDLibError
 from .schedules import alphas_cumprod, linear_betas
 
 
@@ -26,14 +31,15 @@ class DigitsModelConfig:
     layers_per_block: int = 1
     attention: bool = True
     T: int = 1000
-    iterations: int = 3000
+    iterations: int = 10000
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 5e-4
+    lr_schedule: str = "constant"  # after the warm-up: "cosine" decay to 0 at `iterations`, or "constant"
     warmup: int = 200
-    ema_decay: float = 0.999
+    ema_decay: float = 0.9995
     grad_clip: float = 1.0
     seed: int = 0
-    version: int = 2
+    version: int = 3
 
 
 def make_unet(cfg: DigitsModelConfig, channels: int = 1, size: int = 8):
@@ -50,10 +56,12 @@ def make_unet(cfg: DigitsModelConfig, channels: int = 1, size: int = 8):
     )
 
 
-def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: bool = True):
+def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: bool = True, callback=None):
     """DDPM training (eq. 5): t ~ U{0..T-1}, minimise |eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t)|^2.
 
-    ``images`` are in [0, 1]; returns the EMA copy of the weights.
+    ``images`` are in [0, 1]; returns the EMA copy of the weights. ``callback(iteration, ema)`` runs after
+    every iteration (with a constant learning rate, the EMA after k iterations is exactly the model a
+    k-iteration run returns).
     """
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -61,11 +69,13 @@ def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: boo
     x_all = images * 2 - 1
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * i / cfg.iterations)))
+    decay = {"cosine": lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.iterations)), "constant": lambda i: 1.0}
+    if cfg.lr_schedule not in decay:
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; known: {', '.join(decay)}.")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / cfg.warmup) * decay[cfg.lr_schedule](i))
     unet.train()
     bar = tqdm(range(cfg.iterations), desc="training the digits base model", disable=not progress)
-    for _ in bar:
+    for it in bar:
         x0 = x_all[torch.randint(len(x_all), (cfg.batch_size,), generator=g)]
         t = torch.randint(cfg.T, (cfg.batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
@@ -80,8 +90,14 @@ def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: boo
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.lerp_(p, 1 - cfg.ema_decay)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if callback is not None:
+            callback(it + 1, ema)
     return ema.eval()
 
+
+# The default recipe's weights, shipped in the package (`python -m mmdlib.pretrain --out SHIPPED` regenerates them)
+SHIPPED = Path(__file__).parent / "weights" / "digits"
+SHIPPED_SHA256 = "5684faae588b0f2f39e4467014d5885c65fa3363ce5bd982cb2cdb43d19b55cc"
 
 # MMDLIB_SMOKE=1: a base model that trains in seconds (for tests of the notebooks; its samples are noise)
 SMOKE_CONFIG = DigitsModelConfig(block_out_channels=(8, 16), iterations=20, batch_size=16, warmup=5)
@@ -92,18 +108,66 @@ def default_config() -> DigitsModelConfig:
     return SMOKE_CONFIG if smoke_test() else DigitsModelConfig()
 
 
+def write_model(cfg: DigitsModelConfig, folder: Path, progress: bool = True) -> Path:
+    """Train the recipe ``cfg`` (seeded: the config alone determines the weights) and write a diffusers
+    folder (``unet/``, ``scheduler/``) and ``recipe.json`` to ``folder``."""
+    from diffusers import DDPMScheduler
+
+    folder = Path(folder)
+    images = torch.stack([x for x, _ in digits_dataset("all")])
+    torch.manual_seed(cfg.seed)  # the initial weights too
+    unet = train_ddpm(make_unet(cfg), images, cfg, progress)
+    unet.save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=cfg.T, beta_schedule="linear", clip_sample=False).save_pretrained(
+        folder / "scheduler")
+    (folder / "recipe.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    return folder
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_model_path() -> Path | None:
+    """The package's copy of the default recipe's weights, verified by hash; None if the package has none."""
+    weights = SHIPPED / "unet" / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        return None
+    if file_sha256(weights) != SHIPPED_SHA256:
+        raise MMDLibError(f"the shipped digits base model {weights} does not match its hash (a damaged "
+                          f"installation?); reinstall mmdlib, or regenerate it with `python -m mmdlib.pretrain "
+                          f"--out {SHIPPED}`.")
+    return SHIPPED
+
+
 def digits_model_path(cfg: DigitsModelConfig | None = None, progress: bool = True) -> Path:
-    """The cached diffusers folder of the digits base model, trained now if missing."""
+    """The diffusers folder of the digits base model: the shipped weights for the default recipe, else
+    (another recipe, the smoke recipe, or a package without the weights) trained on first use and cached."""
     cfg = cfg or default_config()
+    if cfg == DigitsModelConfig() and (shipped := shipped_model_path()) is not None:
+        return shipped
+    return cached("base-model", {"kind": "digits-ddpm", **dataclasses.asdict(cfg)},
+                  lambda tmp: write_model(cfg, tmp, progress))
 
-    def build(tmp: Path) -> None:
-        from diffusers import DDPMScheduler
 
-        images = torch.stack([x for x, _ in digits_dataset("all")])
-        torch.manual_seed(cfg.seed)  # the initial weights too: the config alone determines the model
-        unet = train_ddpm(make_unet(cfg), images, cfg, progress)
-        unet.save_pretrained(tmp / "unet")
-        DDPMScheduler(num_train_timesteps=cfg.T, beta_schedule="linear", clip_sample=False).save_pretrained(
-            tmp / "scheduler")
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mmdlib.pretrain --out DIR [--seed S]``: regenerate the embedded base model."""
+    import argparse
 
-    return cached("base-model", {"kind": "digits-ddpm", **dataclasses.asdict(cfg)}, build)
+    p = argparse.ArgumentParser(prog="python -m mmdlib.pretrain", description="Train the digits base model with "
+                                "the default recipe (DigitsModelConfig) and write it as a diffusers folder.")
+    p.add_argument("--out", required=True, help=f"output folder (the package ships {SHIPPED})")
+    p.add_argument("--seed", type=int, default=None, help="seed of the weights and the batches (default: the "
+                   "recipe's, which made the shipped weights)")
+    a = p.parse_args(argv)
+    cfg = DigitsModelConfig()
+    folder = write_model(cfg if a.seed is None else dataclasses.replace(cfg, seed=a.seed), Path(a.out))
+    print(f"{folder}: sha256 {file_sha256(folder / 'unet' / 'diffusion_pytorch_model.safetensors')}")
+
+
+if __name__ == "__main__":
+    main()

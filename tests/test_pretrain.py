@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import mmdlib
@@ -56,3 +57,39 @@ def test_the_config_alone_determines_the_weights(tmp_path, monkeypatch):
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_the_default_recipe_loads_the_shipped_weights_verified_by_hash(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+    import shutil
+
+    import mmdlib.pretrain as pretrain
+
+    path = digits_model_path()
+    assert path == pretrain.SHIPPED and json.loads((path / "recipe.json").read_text()) == json.loads(
+        json.dumps(dataclasses.asdict(DigitsModelConfig())))
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    assert pretrain.file_sha256(weights) == pretrain.SHIPPED_SHA256 and weights.stat().st_size < 8 * 2**20
+    m = mmdlib.load_model("digits")
+    assert m.sample_shape == (1, 8, 8) and m.T == 1000
+    # a damaged copy is refused, not used
+    damaged = tmp_path / "digits"
+    shutil.copytree(path, damaged)
+    data = bytearray((damaged / "unet" / "diffusion_pytorch_model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (damaged / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(pretrain, "SHIPPED", damaged)
+    with pytest.raises(mmdlib.MMDLibError, match="does not match its hash"):
+        mmdlib.load_model("digits")
+
+
+def test_one_command_regenerates_a_recipe(tmp_path, monkeypatch, capsys):
+    import mmdlib.pretrain as pretrain
+
+    monkeypatch.setattr(pretrain, "DigitsModelConfig", lambda: TINY)
+    pretrain.main(["--out", str(tmp_path / "m"), "--seed", "3"])
+    out = capsys.readouterr().out
+    sha = pretrain.file_sha256(tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert f"sha256 {sha}" in out and '"seed": 3' in (tmp_path / "m" / "recipe.json").read_text()
+    assert mmdlib.load_model(str(tmp_path / "m")).sample_shape == (1, 8, 8)
