@@ -57,6 +57,49 @@ def test_the_table_of_contents_lists_every_notebook_and_every_chapter_exists():
         assert (ROOT / f"{f}.md").is_file() or (ROOT / "notebooks" / f"{stem}.ipynb").is_file(), f
 
 
+def _parameters(nb) -> tuple[str | None, dict]:
+    """(the preset a notebook's parameters cell names, its parameter values)."""
+    import ast
+
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    preset = re.search(r'defaults: the "(\w+)" preset', cell.source)
+    values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body if isinstance(n, ast.Assign)
+              for t in n.targets}
+    return (preset.group(1) if preset else None), values
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_defaults_are_the_preset_they_name(path):
+    from mmdlib.presets import get_preset
+
+    name, values = _parameters(nbformat.read(path, as_version=4))
+    if path.stem == "1_theory":  # the 2-D toy: no preset
+        assert name is None
+        return
+    p = get_preset(name)
+    ft, ev = p.finetune, p.evaluation
+    want = {"model": ft.model, "dataset": ft.dataset, "split": ft.split, "data_root": ft.data_root,
+            "features": ft.features, "measure": p.measure, "timesteps": ft.timesteps, "iterations": ft.iterations,
+            "n_samples": ev.n, "seeds": len(ev.seeds), "reference": p.reference_budget}
+    assert ev.dataset == ft.dataset and ev.split == ft.split and ev.spaces == (ft.features, p.measure)
+    shared = {k: v for k, v in values.items() if k in want}
+    assert {"model", "dataset", "features", "measure", "n_samples", "seeds"} <= set(shared), path.name
+    assert shared == {k: want[k] for k in shared}
+
+
+def test_no_measured_number_is_typed_on_the_results_page_or_in_the_chapters():
+    # a decimal on these pages is pasted from an executed notebook (myst-nb glue) unless it is the paper's
+    texts = {"book/results.md": (ROOT / "book" / "results.md").read_text()}
+    for path in NOTEBOOKS:
+        texts[path.name] = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                                      if c.cell_type == "markdown")
+    for name, text in texts.items():
+        for line in text.splitlines():
+            prose = re.sub(r"\{glue[^`]*`[^`]*`|\$[^$]*\$", "", line)  # pasted values and math (settings)
+            typed = re.findall(r"(?<![\w.`:])\d+\.\d+(?![\w`])", prose)
+            assert not typed or "reported" in line or "paper" in line, f"{name}: typed {typed} in: {line}"
+
+
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory) -> Path:
     """The book's sources copied to a temporary root and built by book/build.py in smoke mode."""
@@ -90,6 +133,12 @@ def test_the_book_builds_strictly_with_a_page_per_chapter(smoke_book):
     # executed notebooks are rendered from their outputs, figures included as image files
     page = (html / "book" / "2_finetuning.html").read_text()
     assert re.search(r'<img[^>]+src="\.\./_images/[0-9a-f]+\.png"', page)
+    # the results page pastes the chapters' numbers and tables (a missing key fails the strict build)
+    results = (html / "book" / "results.html").read_text()
+    source = (ROOT / "book" / "results.md").read_text()
+    assert results.count('class="pasted-text"') == source.count("{glue:text}")
+    assert results.count("<table") == source.count("```{glue}")
+    assert "{glue" not in results
 
 
 @pytest.mark.slow
