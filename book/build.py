@@ -31,7 +31,9 @@ def execute_notebooks(root: Path) -> None:
 
 def build_html(root: Path) -> None:
     jb = Path(sys.executable).with_name("jupyter-book")
-    subprocess.run([str(jb), "build", str(root), "--warningiserror", "--keep-going"], check=True)
+    # --all: pages paste values glued in other pages' notebooks (results.md), a dependency Sphinx's incremental
+    # build does not track, so an unchanged page would keep the numbers of the previous build
+    subprocess.run([str(jb), "build", str(root), "--all", "--warningiserror", "--keep-going"], check=True)
 
 
 def main() -> None:
