@@ -140,35 +140,44 @@ def real_nearest_distance(dataset: str, split: str, space: str, n: int = 500, se
     return torch.cdist(ref[idx], ref).topk(2, largest=False).values[:, 1]
 
 
-def data_floor(run: Run, budget: int, dataset: str = "digits", split: str = "all", space: str = "digits-b",
-               draws: int = 3, sampler: str = "ddim", data_root: str | None = None, progress: bool = False) -> dict:
-    """The FID a perfect model would still get, and this model's FID at the same sample sizes.
+def data_floor(run: Run, budget: int, dataset: str = "digits", split: str = "all",
+               spaces: tuple[str, ...] = ("digits-b",), draws: int = 3, sampler: str = "ddim",
+               data_root: str | None = None, progress: bool = False) -> dict:
+    """The FID a perfect model would still get, and this model's FID at the same sample sizes, per space.
 
     For draw d, the real images are split at random into halves A_d and B_d: ``floor`` is FID(A_d, B_d),
     ``model`` is FID(|A_d| samples of the model (evaluation seed d), B_d). Two samples of the same
     distribution this size have FID ``floor``, not 0; a model within a small factor of it is close to the
-    data. Returns ``{"floor": [...], "model": [...]}`` (one value per draw), cached."""
+    data. Returns ``{space: {"floor": [...], "model": [...]}}`` (one value per draw), cached per space; the
+    samples of a draw are generated once for every space."""
     from .evaluate import fid_from_features, reference_features, reference_key
 
     data_kw = {"root": data_root} if data_root else {}
     device = pick_device()
-    extractor = get_feature_extractor(space).to(device)
-    ref = reference_features(dataset, split, space, extractor, device=device, **data_kw)
     m = run.model
     steps = timestep_subset(budget, m.T)
-    key = {"model": m.identity(), "budget": budget, "timesteps": steps, "sampler": sampler, "draws": draws,
-           "stream": "eval", "device": device.type, "reference": reference_key(dataset, split, extractor, **data_kw)}
+    samples: dict[int, torch.Tensor] = {}  # per draw, generated on first need only
 
-    def build(tmp: Path) -> None:
-        out: dict = {"floor": [], "model": []}
-        half = len(ref) // 2
-        for d in range(draws):
-            perm = torch.randperm(len(ref), generator=torch.Generator().manual_seed(d))
-            a, b = ref[perm[:half]], ref[perm[half:]]
-            x = generate(m.unet.to(device), half, steps, m.alphas_cumprod, m.sample_shape, sampler=sampler, seed=d,
-                         device=device, progress=progress)
-            out["floor"].append(fid_from_features(a, b))
-            out["model"].append(fid_from_features(embed(extractor, x, device=device), b))
-        (tmp / "floor.json").write_text(json.dumps(out))
+    def floor(space: str) -> dict:
+        extractor = get_feature_extractor(space).to(device)
+        ref = reference_features(dataset, split, space, extractor, device=device, **data_kw)
+        key = {"model": m.identity(), "budget": budget, "timesteps": steps, "sampler": sampler, "draws": draws,
+               "stream": "eval", "device": device.type,
+               "reference": reference_key(dataset, split, extractor, **data_kw)}
 
-    return json.loads((cached("data-floor", key, build) / "floor.json").read_text())
+        def build(tmp: Path) -> None:
+            out: dict = {"floor": [], "model": []}
+            half = len(ref) // 2
+            for d in range(draws):
+                perm = torch.randperm(len(ref), generator=torch.Generator().manual_seed(d))
+                a, b = ref[perm[:half]], ref[perm[half:]]
+                if d not in samples:
+                    samples[d] = generate(m.unet.to(device), half, steps, m.alphas_cumprod, m.sample_shape,
+                                          sampler=sampler, seed=d, device=device, progress=progress)
+                out["floor"].append(fid_from_features(a, b))
+                out["model"].append(fid_from_features(embed(extractor, samples[d], device=device), b))
+            (tmp / "floor.json").write_text(json.dumps(out))
+
+        return json.loads((cached("data-floor", key, build) / "floor.json").read_text())
+
+    return {space: floor(space) for space in spaces}

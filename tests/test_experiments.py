@@ -149,3 +149,30 @@ def test_the_smoke_switch_shrinks_the_embedded_default(monkeypatch):
     assert not mmdlib.smoke_test() and default_config() == DigitsModelConfig()
     monkeypatch.setenv("MMDLIB_SMOKE", "1")
     assert mmdlib.smoke_test() and default_config() == SMOKE_CONFIG
+
+
+def test_the_data_floor_splits_the_real_images_in_halves_and_samples_once_per_draw(tiny_folder, monkeypatch):
+    from mmdlib.evaluate import fid_from_features, generate
+
+    run, calls = ex.base(tiny_folder), []
+    monkeypatch.setattr(ex, "generate", lambda *a, **k: calls.append(k["seed"]) or generate(*a, **k))
+    got = ex.data_floor(run, 2, "digits", "test", ("digits-a", "digits-b"), draws=2)
+    assert calls == [0, 1]  # one set of samples per draw, embedded in both spaces
+    real = mmdlib.digits_dataset("test").images
+    x = {d: generate(run.model.unet, 180, mmdlib.timestep_subset(2), run.model.alphas_cumprod, (1, 8, 8), seed=d)
+         for d in (0, 1)}
+    for space in ("digits-a", "digits-b"):
+        fx = mmdlib.get_feature_extractor(space)
+        with torch.no_grad():
+            f = fx(real).double()
+        for d in (0, 1):
+            perm = torch.randperm(360, generator=torch.Generator().manual_seed(d))
+            a, b = f[perm[:180]], f[perm[180:]]
+            assert got[space]["floor"][d] == pytest.approx(fid_from_features(a, b), rel=1e-4)
+            with torch.no_grad():
+                model = fid_from_features(fx(x[d]).double(), b)
+            assert got[space]["model"][d] == pytest.approx(model, rel=1e-4)
+            assert 0 < got[space]["floor"][d] < got[space]["model"][d]  # a random tiny model is far from the data
+    calls.clear()
+    assert ex.data_floor(run, 2, "digits", "test", ("digits-b",), draws=2) == {"digits-b": got["digits-b"]}
+    assert calls == []  # cached
