@@ -79,9 +79,8 @@ def time_finetune(mode: str, budget: int, args, weights: Path, state: dict) -> d
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         ft = Finetuner(model, real, cfg, extractor=InceptionFeatures(weights), progress=False)
-        idx = list(range(args.batch))
         # agreement check: loss and gradient at iteration 0, before any step
-        loss = ft.loss(0, idx, None)
+        loss = ft.loss(0)
         loss.backward()
         grad = torch.cat([p.grad.flatten().float() for p in ft.unet.parameters()]).cpu()
         ft.opt.zero_grad(set_to_none=True)
@@ -89,7 +88,7 @@ def time_finetune(mode: str, budget: int, args, weights: Path, state: dict) -> d
         for _ in range(args.warmup + args.iterations):
             _sync(device)
             t0 = time.perf_counter()
-            ft.step(idx, None)
+            ft.step()
             _sync(device)
             times.append(time.perf_counter() - t0)
         timed = times[args.warmup:]

@@ -7,11 +7,11 @@ short sampling chain.
 from .cache import smoke_test
 from .data import DATASETS, digits_dataset, get_dataset
 from .errors import MMDLibError
-from .features import FEATURES, FeatureExtractor, get_feature_extractor, to_unit
+from .features import FEATURES, FeatureExtractor, get_feature_extractor
 from .mmd import KERNELS, cubic_kernel, get_kernel, linear_kernel, mmd2_unbiased, rbf_kernel
 from .models import MODELS, LoadedModel, load_model, save_pipeline
 from .sampling import (SAMPLERS, ddim_sample, ddpm_sample, generators, get_sampler, noise, predict_eps, randn,
-                       sample_seeded, slerp)
+                       sample_seeded, slerp, to_unit)
 from .schedules import SUBSETS, alphas_cumprod, linear_betas, timestep_subset
 from .streams import PURPOSES, stream_seeds
 

@@ -43,17 +43,16 @@ def run_demo(out: str | Path, timesteps: int = DEMO.timesteps, iterations: int =
     cfg = dataclasses.replace(DEMO, timesteps=timesteps, iterations=iterations, out=str(out))
     reference = PRESET.reference_budget
     evaluation = dataclasses.replace(PRESET.evaluation, n=n, seeds=seeds).check()
-    model = load_model("digits")
-    ft = Finetuner(model, digits_dataset(cfg.split), cfg, resume=resume, overwrite=overwrite,
-                   progress=progress)  # checks `out` first
+    base = load_model("digits")
+    ft = Finetuner(base, digits_dataset(cfg.split), cfg, resume=resume, overwrite=overwrite,
+                   progress=progress)  # checks `out` first; trains its own copy of the weights
     budgets = tuple(sorted({timesteps, 10, 20}))
-    base = load_model("digits")  # an untouched copy: the finetuner trains `model` in place
     before = evaluate(base, evaluation, budgets=tuple(sorted({*budgets, reference})), progress=progress)
     save_pipeline(base.unet, out / "base", timesteps, base.alphas_cumprod)
     save_grid(_grid_samples(base, timesteps), out / f"samples_before_{timesteps}steps.png")
     ft.run()
-    after = evaluate(model, evaluation, budgets=budgets, progress=progress)
-    save_grid(_grid_samples(model, timesteps), out / f"samples_after_{timesteps}steps.png")
+    after = evaluate(ft.model, evaluation, budgets=budgets, progress=progress)
+    save_grid(_grid_samples(ft.model, timesteps), out / f"samples_after_{timesteps}steps.png")
     save_grid(digits_dataset("all").images[:64], out / "samples_real.png")
     metrics = {
         "timesteps": timesteps, "feature_space": MEASURED_IN, "optimised_space": cfg.features,

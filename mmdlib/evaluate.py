@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import MMDLibError
-from .features import FeatureExtractor, to_unit
-from .sampling import sample_seeded, sampler_kwargs
+from .features import FeatureExtractor
+from .sampling import sample_seeded, sampler_kwargs, to_unit
 from .schedules import SUBSETS
 from .speed import Speed
 from .streams import stream_seeds

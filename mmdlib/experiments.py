@@ -18,10 +18,10 @@ import torch
 from .cache import cache_dir, cached, config_key, full_key
 from .data import get_dataset
 from .evaluate import EvalConfig, embed, evaluate, generate
-from .features import FeatureExtractor, get_feature_extractor, to_unit
+from .features import FeatureExtractor, get_feature_extractor
 from .finetune import FinetuneConfig, Finetuner, pick_device
 from .models import LoadedModel, load_model
-from .sampling import ddim_sample, noise, sampler_kwargs, slerp
+from .sampling import ddim_sample, noise, sampler_kwargs, slerp, to_unit
 from .schedules import timestep_subset
 from .speed import resolve_speed
 from .streams import stream_seeds

@@ -76,11 +76,6 @@ class FeatureExtractor(nn.Module):
         return {"name": self.name, "class": type(self).__name__, "config": self.config(), "weights": self._weights_hash}
 
 
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Model space [-1, 1] to image space [0, 1], clamped (the gradient passes inside the range)."""
-    return ((x + 1) / 2).clamp(0, 1)
-
-
 # --- Inception-V3 (torch-fidelity) ---------------------------------------------------------------------
 
 _INCEPTION_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",

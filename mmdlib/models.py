@@ -45,8 +45,8 @@ class LoadedModel:
         return (c, *(s if isinstance(s, (tuple, list)) else (s, s)))
 
     def identity(self) -> dict:
-        """What determines this model's outputs, for cache keys: a hash of its weights (now: finetuning
-        changes them in place), its architecture and its noise schedule; never its path or name."""
+        """What determines this model's outputs, for cache keys: a hash of its weights (as they are
+        now), its architecture and its noise schedule; never its path or name."""
         config = dict(getattr(self.unet, "config", {}) or {})
         return {"weights": weights_hash(self.unet), "class": type(self.unet).__name__,
                 "config": {k: v for k, v in config.items() if not k.startswith("_")},

@@ -21,6 +21,11 @@ from .schedules import check_timesteps
 Generator = Union[None, torch.Generator, Sequence[torch.Generator]]
 
 
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] to image space [0, 1], clamped (the gradient passes inside the range)."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
 def generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
     """One seeded generator per sample, so results do not depend on batch size."""
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]

@@ -1,8 +1,8 @@
 """The fast path's switches and the gradient-checkpointing plan (no new math: same loss, same gradients).
 
 ``Speed`` says how the networks run on a device (bf16 autocast, channels-last, fused Adam, torch.compile);
-``plan_checkpointing`` picks how many sampler steps to recompute in the backward pass from the budget
-and the memory the run may use, estimated from the bytes autograd saves for one step.
+``plan_memory`` picks how many sampler steps to recompute in the backward pass from the budget and the
+memory the run may use, estimated (``plan_checkpointing``) from the bytes autograd saves for one step.
 """
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from .sampling import get_sampler, is_stochastic, noise, to_unit
+from .streams import stream_seeds
 
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE = ("auto", "on", "off")
@@ -96,3 +99,30 @@ def available_bytes(device, memory_gib: float | None) -> float:
         return 0.5 * int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return float("inf")
+
+
+def plan_memory(net: Callable, extractor: nn.Module, timesteps, alphas_cumprod: torch.Tensor, shape, batch: int,
+                device, speed: Speed, policy: str = "auto", memory_gib: float | None = None, sampler: str = "ddim",
+                **sampler_kw) -> dict:
+    """How many sampler steps to recompute in backward, as a dict (``policy``, ``steps``, ``checkpointed`` and
+    for "auto" the measured and estimated GiB). "auto" measures the bytes autograd saves for one step and
+    for the features of this process's ``batch`` (a stand-in batch from the "memory-plan" stream), and
+    checkpoints the fewest steps whose estimated peak fits in the memory left (``memory_gib``, else what
+    the device has free) after the gradients and Adam's two moments of ``net``'s trainable parameters."""
+    n = len(timesteps)
+    if policy != "auto":
+        return {"policy": policy, "steps": n, "checkpointed": n if policy == "all" else 0}
+    params = (*net.parameters(), *extractor.parameters())
+    x = noise(stream_seeds("memory-plan", 0, range(batch)), shape, device=device).requires_grad_()
+    with speed.autocast(device):
+        step, x0 = saved_bytes(lambda: get_sampler(sampler)(net, x, timesteps[:1], alphas_cumprod, **sampler_kw),
+                               exclude=params)
+        feats, _ = saved_bytes(lambda: extractor(to_unit(x0.float())), exclude=params)
+    # a checkpointed step keeps its input (and, in a stochastic chain, its noise)
+    state = x.nbytes * (2 if is_stochastic(sampler, sampler_kw.get("eta")) else 1)
+    trainable = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
+    available = available_bytes(device, memory_gib) - 3 * trainable  # grads + Adam's moments
+    k = plan_checkpointing(n, step, state, feats, available)
+    gib = 2.0**-30
+    return {"policy": "auto", "steps": n, "checkpointed": k, "step_gib": step * gib, "features_gib": feats * gib,
+            "available_gib": available * gib, "estimate_gib": chain_peak(n, k, step, state, feats) * gib}

@@ -28,9 +28,10 @@ def tiny_cfg(folder, **kw):
 
 def direct_weights(cfg, out):
     """The same finetune run straight through the Finetuner (not through the cache)."""
-    model = load_model(cfg.model)
-    Finetuner(model, mmdlib.digits_dataset(cfg.split), dataclasses.replace(cfg, out=str(out)), progress=False).run()
-    return model.unet.state_dict()
+    ft = Finetuner(load_model(cfg.model), mmdlib.digits_dataset(cfg.split), dataclasses.replace(cfg, out=str(out)),
+                   progress=False)
+    ft.run()
+    return ft.unet.state_dict()
 
 
 def test_a_cached_finetune_equals_a_direct_one_and_is_not_rerun(tiny_folder, tmp_path, monkeypatch):

@@ -9,6 +9,9 @@ from helpers import make_tiny_unet
 import mmdlib
 from mmdlib.finetune import FinetuneConfig, Finetuner, finetune
 from mmdlib.models import LoadedModel
+from mmdlib.loss import mmd_ddm_loss
+from mmdlib.real_features import PrecomputedReal, StreamedReal
+from mmdlib.runfolder import RunFolder
 
 
 def tiny_model(seed: int = 0) -> LoadedModel:
@@ -34,7 +37,7 @@ def test_finetuning_lowers_the_mmd_it_optimises(tmp_path):
     def held_out_mmd():
         with torch.no_grad():
             x = mmdlib.to_unit(ft.sample(list(range(5000, 5256))))
-            return mmdlib.mmd2_unbiased(ft.extractor(x), ft.real_features, "cubic").item()
+            return mmdlib.mmd2_unbiased(ft.extractor(x), ft.real.features, "cubic").item()
 
     before = held_out_mmd()
     path = ft.run()
@@ -132,11 +135,105 @@ def test_real_features_computed_per_batch_for_large_datasets(tmp_path, monkeypat
     # Same losses whether real features are precomputed or embedded per batch.
     ds = mmdlib.digits_dataset("train")
     a = Finetuner(tiny_model(), ds, cfg(tmp_path / "a", iterations=2), progress=False)
-    monkeypatch.setattr(Finetuner, "_precompute_real", lambda self: None)
+    a.real  # chosen (and embedded) on first use
+    monkeypatch.setattr(mmdlib.real_features, "PRECOMPUTE_LIMIT", 0)
     b = Finetuner(tiny_model(), ds, cfg(tmp_path / "b", iterations=2), progress=False)
-    assert a.real_features is not None and b.real_features is None
+    assert isinstance(a.real, PrecomputedReal) and isinstance(b.real, StreamedReal)
     a.run()
     b.run()
     la = [r["loss"] for r in csv.DictReader((tmp_path / "a" / "run" / "log.csv").open())]
     lb = [r["loss"] for r in csv.DictReader((tmp_path / "b" / "run" / "log.csv").open())]
     assert [float(x) for x in la] == pytest.approx([float(x) for x in lb], rel=1e-5)
+
+
+class TinyFeatures(mmdlib.FeatureExtractor):
+    """A fixed random convolution: features that depend on nothing trained, so the golden values below
+    depend only on the finetuning math."""
+
+    name, dim, channels = "tiny", 16, 1
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.conv = torch.nn.Conv2d(1, 16, 3)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) / 3)
+            self.conv.bias.copy_(torch.randn(16, generator=g) / 3)
+        self.freeze()
+
+    def features(self, x):
+        return self.conv(x).relu().mean((2, 3))
+
+
+# Computed by the finetuning code as of this test's commit (3 iterations, 3 steps, batch 8): a change that
+# alters the loss, the sampler's noise, the real batches, clipping or Adam moves these numbers.
+GOLDEN = [
+    ({}, [0.0380562, 0.035588, 0.0185274], [0.6458, 0.5256, 0.4648], 0.549161162854034),
+    ({"sampler": "ddpm"}, [0.0339534, 0.0362873, 0.0272298], [0.7221, 0.6242, 0.571], -0.015308598965020792),
+    ({"eta": 0.5}, [0.0360085, 0.035314, 0.0211703], [0.6202, 0.6122, 0.5412], 0.18564978398080711),
+]
+
+
+@pytest.mark.parametrize("kw,losses,grad_norms,moved", GOLDEN)
+def test_golden_finetune_trajectory(tmp_path, kw, losses, grad_norms, moved):
+    model = tiny_model()
+    before = weights(model.unet)
+    ft = Finetuner(model, mmdlib.digits_dataset("train"), cfg(tmp_path, timesteps=3, iterations=3, **kw),
+                   extractor=TinyFeatures(), progress=False)
+    ft.run()
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(losses, rel=1e-5)
+    assert [float(r["grad_norm"]) for r in rows] == pytest.approx(grad_norms, rel=1e-3)
+    after = weights(ft.unet)
+    assert sum((after[k].double() - before[k].double()).sum() for k in after).item() == pytest.approx(moved, abs=1e-6)
+
+
+def test_the_loss_is_eq_7_on_the_chains_output_and_differentiable():
+    model, fx, seeds = tiny_model(), TinyFeatures(), list(range(10, 16))
+    steps = mmdlib.timestep_subset(3)
+    real = fx(mmdlib.digits_dataset("train").images[:5])
+    loss = mmd_ddm_loss(model.unet, fx, real, seeds, shape=(1, 8, 8), timesteps=steps,
+                        alphas_cumprod=model.alphas_cumprod, kernel="cubic")
+    loss.backward()
+    assert all(p.grad is not None for p in model.unet.parameters()) and model.unet.conv_in.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # independently: x_T from mmdlib.noise, the DDIM chain, and eq. 7 by brute force
+        x = mmdlib.ddim_sample(model.unet, mmdlib.noise(seeds, (1, 8, 8)), steps, model.alphas_cumprod)
+        X, Y = fx(((x + 1) / 2).clamp(0, 1)).double().numpy(), real.double().numpy()
+    k = lambda a, b: (a @ b / a.size + 1) ** 3
+    m, n = len(X), len(Y)
+    xx = sum(k(X[i], X[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(Y[i], Y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(X[i], Y[j]) for i in range(m) for j in range(n)) / (m * n)
+    assert loss.item() == pytest.approx(xx + yy - 2 * xy, rel=1e-5)
+
+
+def test_the_finetuner_trains_its_own_copy(tmp_path):
+    model = tiny_model()
+    before = weights(model.unet)
+    ft = Finetuner(model, mmdlib.digits_dataset("train"), cfg(tmp_path, iterations=2), extractor=TinyFeatures(),
+                   progress=False)
+    ft.run()
+    assert all(torch.equal(v, before[k]) for k, v in model.unet.state_dict().items())
+    assert not torch.equal(ft.model.unet.conv_in.weight, before["conv_in.weight"]) and ft.model.unet is ft.unet
+
+
+def test_streamed_and_precomputed_real_features_agree_in_any_order(monkeypatch):
+    ds, fx = mmdlib.digits_dataset("train"), TinyFeatures()
+    pre = mmdlib.real_features.PrecomputedReal(ds, fx, batch=16, seed=3, device="cpu")
+    streamed = StreamedReal(ds, fx, batch=16, seed=3, device="cpu", end=4)
+    for it in (0, 1, 2, 7, 3, 4, 5, 0):  # in order, a jump, back, past `end`
+        torch.testing.assert_close(streamed(it), pre(it))
+
+
+def test_the_run_folder_records_its_iteration_and_loads_only_plain_data(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path / "run")
+    folder.start({"identity": {"lr": 1.0}, "iterations": 4}, 0, overwrite=False)
+    folder.save({"unet": {"w": torch.ones(2)}}, 3)
+    folder.log({"iteration": 3, "loss": "0.5", "grad_norm": "1", "seconds": "0.1"})
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the iteration should not need the checkpoint"))
+    assert folder.saved_iteration() == 3
+    monkeypatch.undo()
+    assert folder.load("cpu")["iteration"] == 3 and folder.check({"lr": 1.0}, resume=True, overwrite=False)
+    torch.save({"unet": {}, "iteration": 1, "hook": TinyFeatures}, folder.checkpoint)  # not plain data
+    with pytest.raises(mmdlib.MMDLibError, match="holds more than tensors and plain data, so it was not loaded"):
+        folder.load("cpu")

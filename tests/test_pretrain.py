@@ -36,8 +36,8 @@ def test_cached_model_loads_through_load_model_and_in_a_second_process():
     assert m.sample_shape == (1, 8, 8) and m.T == 1000
     code = ("import mmdlib.pretrain as p\n"
             "p.train_ddpm = lambda *a, **k: (_ for _ in ()).throw(SystemExit('retrained'))\n"
-            f"print(p.digits_model_path(p.DigitsModelConfig(block_out_channels=(8, 16), iterations=30, "
-            f"batch_size=16, warmup=5)))")
+            "print(p.digits_model_path(p.DigitsModelConfig(block_out_channels=(8, 16), iterations=30, "
+            "batch_size=16, warmup=5)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(path)

@@ -25,7 +25,7 @@ def _finetuner(tmp_path, **kw):
 
 def _loss_and_grad(tmp_path, **kw):
     ft = _finetuner(tmp_path, **kw)
-    loss = ft.loss(0, list(range(16)), None)
+    loss = ft.loss(0)
     loss.backward()
     return loss.item(), torch.cat([p.grad.flatten() for p in ft.unet.parameters()])
 
@@ -86,7 +86,7 @@ def test_auto_estimate_matches_what_the_iteration_keeps(tmp_path):
     ft = _finetuner(tmp_path, checkpointing="auto", memory_gib=1000.0)
     assert ft.checkpoint_steps == 0 and ft.memory["policy"] == "auto"
     params = (*ft.unet.parameters(), *ft.extractor.parameters())
-    kept, _ = saved_bytes(lambda: ft.loss(0, list(range(16)), None), exclude=params)
+    kept, _ = saved_bytes(lambda: ft.loss(0), exclude=params)
     assert kept > 0
     assert abs(ft.memory["estimate_gib"] * 2**30 - kept) <= 0.1 * kept
 
@@ -100,7 +100,7 @@ def test_auto_checkpoints_just_enough_and_keeps_the_gradients(tmp_path):
     ft = _finetuner(tmp_path / "tight", checkpointing="auto", memory_gib=need / gib * (1 + 1e-6))
     assert ft.checkpoint_steps == 1
     assert _finetuner(tmp_path / "tighter", checkpointing="auto", memory_gib=need / gib * 0.999).checkpoint_steps == 2
-    loss = ft.loss(0, list(range(16)), None)
+    loss = ft.loss(0)
     loss.backward()
     l0, g0 = _loss_and_grad(tmp_path / "none", checkpointing="none")
     assert loss.item() == pytest.approx(l0, rel=1e-6)
@@ -118,14 +118,14 @@ def test_out_of_memory_under_auto_falls_back_to_checkpointing_every_step(tmp_pat
         return real(self, *a)
 
     monkeypatch.setattr(Finetuner, "_step", flaky)
-    loss, gnorm = ft.step(list(range(16)), None)
+    loss, gnorm = ft.step()
     assert failed == [0] and ft.iteration == 1 and ft.checkpoint_steps == 3 and ft.memory["checkpointed"] == 3
     assert loss > 0 and gnorm > 0
     failed.clear()
     fixed = _finetuner(tmp_path / "none", checkpointing="none")
     with pytest.raises(mmdlib.MMDLibError, match="out of memory at iteration 0 .*0 of 3 steps checkpointed.*"
                                                  "--checkpointing all or a smaller --batch-size"):
-        fixed.step(list(range(16)), None)
+        fixed.step()
 
 
 def test_every_fast_switch_at_once_agrees_with_the_reference(tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def test_every_fast_switch_at_once_agrees_with_the_reference(tmp_path, monkeypat
     ft.memory["checkpointed"] = 2  # of 3: both kinds of step go through the compiled UNet
     assert ft.net is not ft.unet and ft.opt.defaults["fused"]
     assert ft.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    loss = ft.loss(0, list(range(16)), None)
+    loss = ft.loss(0)
     loss.backward()
     g16 = torch.cat([p.grad.flatten() for p in ft.unet.parameters()])
     assert abs(loss.item() - l32) <= 0.05 * abs(l32)
@@ -145,7 +145,7 @@ def test_every_fast_switch_at_once_agrees_with_the_reference(tmp_path, monkeypat
     before = [p.detach().clone() for p in ft.unet.parameters()]
     ft.opt.zero_grad(set_to_none=True)
     for _ in range(2):
-        loss, gnorm = ft.step(list(range(16)), None)
+        loss, gnorm = ft.step()
         assert torch.isfinite(torch.tensor([loss, gnorm])).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, ft.unet.parameters()))
 

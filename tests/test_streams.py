@@ -113,14 +113,15 @@ def test_evaluating_a_finetuned_model_never_feeds_it_a_latent_it_was_trained_on(
     folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=2)
     model, steps = load_model(str(folder)), mmdlib.timestep_subset(2)
     trained, scored = [], []
-    _record_first_inputs(model.unet, steps[-1], trained)
     cfg = FinetuneConfig(model=str(folder), dataset="digits", split="test", features="digits-a", timesteps=2,
                          batch_size=8, lr=1e-3, iterations=12, device="cpu", out=str(tmp_path / "run"),
                          sample_every=1000, save_every=1000)
-    Finetuner(model, mmdlib.digits_dataset("test"), cfg, progress=False).run()
+    ft = Finetuner(model, mmdlib.digits_dataset("test"), cfg, progress=False)
+    _record_first_inputs(ft.unet, steps[-1], trained)
+    ft.run()
     trained = torch.cat(trained)
-    _record_first_inputs(model.unet, steps[-1], scored)
-    evaluate(model, EvalConfig(dataset="digits", split="test", budgets=(2,), spaces=("digits-a",), n=50, seeds=2),
+    _record_first_inputs(ft.model.unet, steps[-1], scored)
+    evaluate(ft.model, EvalConfig(dataset="digits", split="test", budgets=(2,), spaces=("digits-a",), n=50, seeds=2),
              progress=False)
     scored = torch.cat(scored)
     # the recorder saw what it should: a grid, the 12 training batches (the run's "train" draws), a grid; then
