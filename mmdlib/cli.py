@@ -42,22 +42,43 @@ HELP = {
 }
 
 
-def add_config_flags(p: argparse.ArgumentParser, defaults: FinetuneConfig) -> None:
-    """One flag per FinetuneConfig field, defaults from the dataclass (the one source of defaults)."""
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per FinetuneConfig field. A flag not given takes its value from the preset (``--preset``, else
+    the one named like ``--dataset``: ``digits`` when no dataset is given), or, for a dataset without a
+    preset, from FinetuneConfig (the paper's settings): the presets and the config are the one source of
+    defaults, shared with the demo and the notebooks."""
+    from .presets import PRESETS
+
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="named settings the flags not given are taken from (default: the preset named like "
+                        "--dataset, so digits without --dataset; a dataset without a preset takes the paper's "
+                        "settings)")
+    paper, digits = FinetuneConfig(), PRESETS["digits"].finetune
+    groups = {"method": p.add_argument_group("method (what is learnt; part of a run's identity)"),
+              "execution": p.add_argument_group("execution (how it runs: the same math; precision changes numbers)"),
+              "output": p.add_argument_group("output")}
     for f in dataclasses.fields(FinetuneConfig):
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        text = f"{HELP[f.name]} (default: {default})"
-        if isinstance(default, bool):
-            p.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=HELP[f.name])
-        elif isinstance(default, tuple):
-            p.add_argument(flag, type=float, nargs=len(default), default=default, help=text)
+        flag, default, mine = "--" + f.name.replace("_", "-"), getattr(paper, f.name), getattr(digits, f.name)
+        text = HELP[f.name] + ("" if default is None and mine is None else f" (default: {default})" if mine == default
+                               else f" (the paper: {default}; digits preset: {mine})")
+        if isinstance(default, tuple):
+            groups[f.metadata["group"]].add_argument(flag, type=float, nargs=len(default), default=argparse.SUPPRESS,
+                                                     help=text)
         else:
             typ = f.metadata.get("type") or (type(default) if default is not None else str)
-            p.add_argument(flag, type=typ, default=default, help=text)
+            groups[f.metadata["group"]].add_argument(flag, type=typ, default=argparse.SUPPRESS, help=text)
 
 
 def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
-    return FinetuneConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig)})
+    """The flags given, over the preset's settings (see ``add_config_flags``)."""
+    from .presets import PRESETS, get_preset
+
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig) if hasattr(a, f.name)}
+    if "adam_betas" in given:
+        given["adam_betas"] = tuple(given["adam_betas"])
+    dataset = given.get("dataset", "digits")
+    name = a.preset or (dataset if dataset in PRESETS else None)
+    return dataclasses.replace(get_preset(name).finetune if name else FinetuneConfig(), **given)
 
 
 def _data_kw(cfg_or_args) -> dict:
@@ -114,9 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "sampling with an MMD loss (Aiello et al., IEEE Access 2024).")
     sub = p.add_subparsers(dest="command", required=True)
 
-    ft = sub.add_parser("finetune", help="finetune a model for a sampling budget",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_flags(ft, FinetuneConfig())
+    ft = sub.add_parser("finetune", help="finetune a model for a sampling budget")
+    add_config_flags(ft)
     ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     ft.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     ft.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")

@@ -35,40 +35,48 @@ from .streams import MAX_INDEX, stream_seed, stream_seeds
 CHECKPOINTING = ("auto", "all", "none")
 
 
+def _setting(default, group: str, identity: bool | None = None, **meta):
+    """A ``FinetuneConfig`` field in its group: "method" (what is learnt), "execution" (how it runs) or
+    "output" (what is written). ``identity``: whether two runs that differ in it are different runs (by
+    default the method settings are and the others are not), which ``--resume`` and the cache keys check."""
+    identity = group == "method" if identity is None else identity
+    return dataclasses.field(default=default, metadata={"group": group, "identity": identity, **meta})
+
+
 @dataclasses.dataclass
 class FinetuneConfig:
-    """The one source of defaults for the CLI, the notebooks and papermill (paper Sec. IV-A)."""
+    """The one source of defaults for the CLI, the notebooks and papermill (paper Sec. IV-A); the named
+    presets (``mmdlib.presets``) start from it."""
 
-    model: str = "digits"  # short name, hub id or folder
-    dataset: str = "digits"
-    split: str = "train"
-    data_root: str | None = None
-    features: str = "inception"
-    kernel: str = "cubic"
-    timesteps: int = 5  # the budget |tau|
-    schedule: str = "linear"
-    sampler: str = "ddim"
-    eta: float = 0.0
-    batch_size: int = 128
-    lr: float = 5e-6
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    iterations: int = 500
-    grad_clip: float = 0.5  # max gradient norm (the official code clips at 0.5)
-    checkpointing: str = "auto"  # recompute sampler steps in backward: "auto" (by budget and memory), "all", "none"
-    memory_gib: float | None = dataclasses.field(default=None, metadata={"type": float})  # what "auto" may use
-    precision: str = "auto"  # "fp32" or "bf16" (networks under autocast; chain state, kernel and MMD stay fp32+)
-    compile: str = "auto"  # "on", "off", or "auto" (on for CUDA): torch.compile the UNet
-    seed: int = 0
-    out: str = "runs/mmd-ddm"
-    save_every: int = 50
-    sample_every: int = 100
-    workers: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        if isinstance(self.checkpointing, bool):  # True/False as in earlier versions
-            self.checkpointing = "all" if self.checkpointing else "none"
+    # method: the paper's settings
+    model: str = _setting("digits", "method")  # short name, hub id or folder
+    dataset: str = _setting("digits", "method")
+    split: str = _setting("train", "method")
+    data_root: str | None = _setting(None, "method")
+    features: str = _setting("inception", "method")
+    kernel: str = _setting("cubic", "method")
+    timesteps: int = _setting(5, "method")  # the budget |tau|
+    schedule: str = _setting("linear", "method")
+    sampler: str = _setting("ddim", "method")
+    eta: float = _setting(0.0, "method")
+    batch_size: int = _setting(128, "method")
+    lr: float = _setting(5e-6, "method")
+    adam_betas: tuple[float, float] = _setting((0.9, 0.999), "method")
+    adam_eps: float = _setting(1e-8, "method")
+    iterations: int = _setting(500, "method", identity=False)  # may grow on --resume
+    grad_clip: float = _setting(0.5, "method")  # max gradient norm (the official code clips at 0.5)
+    seed: int = _setting(0, "method")
+    # execution: the same math however it runs, except precision, which changes the numbers
+    checkpointing: str = _setting("auto", "execution")  # recompute sampler steps in backward: "auto", "all", "none"
+    memory_gib: float | None = _setting(None, "execution", type=float)  # what "auto" checkpointing may use
+    precision: str = _setting("auto", "execution", identity=True)  # "fp32" or "bf16" (networks under autocast)
+    compile: str = _setting("auto", "execution")  # "on", "off", or "auto" (on for CUDA): torch.compile the UNet
+    workers: int = _setting(0, "execution")
+    device: str = _setting("auto", "execution")
+    # output
+    out: str = _setting("runs/mmd-ddm", "output")
+    save_every: int = _setting(50, "output")
+    sample_every: int = _setting(100, "output")
 
     def check(self) -> "FinetuneConfig":
         """Refuse bad values with a message naming the value and what is allowed."""
@@ -97,13 +105,13 @@ class FinetuneConfig:
                               f"batch.")
         return self
 
+    def settings(self, group: str) -> dict:
+        """The settings of one group: "method", "execution" or "output"."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["group"] == group}
+
     def run_identity(self) -> dict:
-        """What makes two runs the same run (iterations may grow on resume; output knobs and checkpointing,
-        which gives the same gradients, do not count)."""
-        d = dataclasses.asdict(self)
-        for k in ("iterations", "out", "save_every", "sample_every", "workers", "device", "compile", "checkpointing",
-                  "memory_gib"):
-            d.pop(k)
+        """What makes two runs the same run: the fields declared part of the identity (``_setting``)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
         d["adam_betas"] = list(d["adam_betas"])
         return d
 

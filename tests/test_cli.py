@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -131,3 +132,32 @@ def test_evaluate_end_to_end_via_cli(tmp_path, capsys):
                      (["--seeds", "0"], "seeds must be >= 1"), (["--sampler", "euler"], "unknown sampler 'euler'")):
         assert main([*args[:-2], *bad]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_flags_not_given_come_from_the_preset_named_like_the_dataset():
+    from mmdlib.cli import build_parser, config_from_args
+    from mmdlib.finetune import FinetuneConfig
+    from mmdlib.presets import PRESETS
+
+    cfg = lambda *args: config_from_args(build_parser().parse_args(["finetune", *args]))
+    assert cfg() == PRESETS["digits"].finetune  # digits-a features: runs offline, no Inception download
+    assert cfg("--iterations", "3") == dataclasses.replace(PRESETS["digits"].finetune, iterations=3)
+    assert cfg("--dataset", "cifar10") == PRESETS["cifar10"].finetune
+    assert cfg("--dataset", "church", "--model", "church") == FinetuneConfig(model="church", dataset="church")
+    assert cfg("--preset", "cifar10", "--lr", "1e-5", "--adam-betas", "0.5", "0.9") == dataclasses.replace(
+        PRESETS["cifar10"].finetune, lr=1e-5, adam_betas=(0.5, 0.9))
+
+
+def test_every_setting_declares_its_group_and_only_method_settings_and_precision_make_a_run():
+    from mmdlib.finetune import FinetuneConfig
+
+    fields = dataclasses.fields(FinetuneConfig)
+    assert {f.metadata["group"] for f in fields} == {"method", "execution", "output"}
+    identity = set(FinetuneConfig().run_identity())
+    assert identity == {f.name for f in fields if f.metadata["group"] == "method"} - {"iterations"} | {"precision"}
+    base = FinetuneConfig(out="a")
+    for f in fields:  # what an output or execution setting is set to never makes another run
+        if f.metadata["group"] != "method" and f.name != "precision":
+            other = {"out": "b", "memory_gib": 3.0, "device": "cpu", "workers": 2, "save_every": 7,
+                     "sample_every": 9, "checkpointing": "all", "compile": "off"}[f.name]
+            assert dataclasses.replace(base, **{f.name: other}).run_identity() == base.run_identity(), f.name

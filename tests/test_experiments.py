@@ -43,7 +43,7 @@ def test_a_cached_finetune_equals_a_direct_one_and_is_not_rerun(tiny_folder, tmp
     assert all(torch.equal(v, want[k]) for k, v in run.model.unet.state_dict().items())
 
     monkeypatch.setattr(Finetuner, "run", lambda self: pytest.fail("a cached finetune was run again"))
-    again = ex.finetuned(dataclasses.replace(cfg, save_every=1, checkpointing=True), progress=False)  # same identity
+    again = ex.finetuned(dataclasses.replace(cfg, save_every=1, checkpointing="all"), progress=False)  # same identity
     assert again.folder == run.folder
 
 
