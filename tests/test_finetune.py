@@ -237,3 +237,28 @@ def test_the_run_folder_records_its_iteration_and_loads_only_plain_data(tmp_path
     torch.save({"unet": {}, "iteration": 1, "hook": TinyFeatures}, folder.checkpoint)  # not plain data
     with pytest.raises(mmdlib.MMDLibError, match="holds more than tensors and plain data, so it was not loaded"):
         folder.load("cpu")
+
+
+def test_a_non_finite_gradient_norm_stops_without_stepping(tmp_path, monkeypatch):
+    ft = Finetuner(tiny_model(), mmdlib.digits_dataset("train"), cfg(tmp_path, save_every=1), extractor=TinyFeatures(),
+                   progress=False)
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, m: clip(params, m) * (
+        float("inf") if ft.iteration == 1 else 1.0))
+    after_one = {}
+    monkeypatch.setattr(ft, "save_checkpoint", lambda: after_one.update(weights(ft.unet)))
+    with pytest.raises(mmdlib.MMDLibError, match="gradient norm became inf at iteration 1; stopped without stepping"):
+        ft.run()
+    assert ft.iteration == 1 and all(torch.equal(v, after_one[k]) for k, v in ft.unet.state_dict().items())
+
+
+@pytest.mark.parametrize("kw", [{"sampler": "ddpm"}, {"eta": 0.5}])
+def test_the_memory_plan_keeps_a_stochastic_steps_noise(tmp_path, monkeypatch, kw):
+    seen = []
+    plan = mmdlib.speed.plan_checkpointing
+    monkeypatch.setattr(mmdlib.speed, "plan_checkpointing", lambda n, step, state, *a: seen.append(state) or
+                        plan(n, step, state, *a))
+    for extra in ({}, kw):
+        c = cfg(tmp_path / str(extra), checkpointing="auto", **extra)
+        Finetuner(tiny_model(), mmdlib.digits_dataset("train"), c, extractor=TinyFeatures(), progress=False).memory
+    assert seen == [8 * 64 * 4, 2 * 8 * 64 * 4]  # a checkpointed step keeps its input, and its noise when it has one
