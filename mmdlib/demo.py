@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 
 from .data import digits_dataset
-from .evaluate import evaluate, generate
+from .evaluate import evaluate, grid_samples
 from .finetune import Finetuner
 from .models import load_model, save_pipeline
 from .plots import save_grid
 from .presets import get_preset
-from .schedules import timestep_subset
 
 PRESET = get_preset("digits")
 DEMO = PRESET.finetune
@@ -26,13 +25,6 @@ def gap_closed(before: dict, after: dict, budget: int, space: str = MEASURED_IN,
     model at ``budget`` steps matches the base model at ``reference`` steps)."""
     gap = before[budget][space]["fid"] - before[reference][space]["fid"]
     return (before[budget][space]["fid"] - after[budget][space]["fid"]) / gap if gap > 0 else float("nan")
-
-
-def _grid_samples(model, budget: int):
-    unet = model.unet
-    device = next(unet.parameters()).device  # sample where the model is; do not move it
-    return generate(unet, 64, timestep_subset(budget, model.T), model.alphas_cumprod, model.sample_shape,
-                    device=device, purpose="grid")
 
 
 def run_demo(out: str | Path, timesteps: int = DEMO.timesteps, iterations: int = DEMO.iterations,
@@ -49,10 +41,10 @@ def run_demo(out: str | Path, timesteps: int = DEMO.timesteps, iterations: int =
     budgets = tuple(sorted({timesteps, 10, 20}))
     before = evaluate(base, evaluation, budgets=tuple(sorted({*budgets, reference})), progress=progress)
     save_pipeline(base.unet, out / "base", timesteps, base.alphas_cumprod)
-    save_grid(_grid_samples(base, timesteps), out / f"samples_before_{timesteps}steps.png")
+    save_grid(grid_samples(base, timesteps), out / f"samples_before_{timesteps}steps.png")
     ft.run()
     after = evaluate(ft.model, evaluation, budgets=budgets, progress=progress)
-    save_grid(_grid_samples(ft.model, timesteps), out / f"samples_after_{timesteps}steps.png")
+    save_grid(grid_samples(ft.model, timesteps), out / f"samples_after_{timesteps}steps.png")
     save_grid(digits_dataset("all").images[:64], out / "samples_real.png")
     metrics = {
         "timesteps": timesteps, "feature_space": MEASURED_IN, "optimised_space": cfg.features,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .errors import MMDLibError
 from .features import FeatureExtractor
 from .sampling import sample_seeded, sampler_kwargs, to_unit
-from .schedules import SUBSETS
+from .schedules import SUBSETS, timestep_subset
 from .speed import Speed
 from .streams import stream_seeds
 
@@ -105,6 +105,17 @@ def generate(model: Callable, n: int, timesteps: Sequence[int], alphas_cumprod: 
                               device=device, **kw)
         out.append(quantize(to_unit(x.float())).cpu())
     return torch.cat(out)
+
+
+def grid_samples(model, budget: int, n: int = 64, seed: int = 0, schedule: str = "linear", sampler: str = "ddim",
+                 eta: float = 0.0, device=None) -> torch.Tensor:
+    """``n`` samples [n, C, H, W] in [0, 1] of a ``LoadedModel`` from the fixed noise of the "grid" stream,
+    sampled where the model is (or on ``device``): the same noise at every call, so two models (or one model
+    during finetuning) can be compared side by side; never a training or an evaluation latent."""
+    device = device or next(model.unet.parameters()).device
+    return generate(model.unet.to(device), n, timestep_subset(budget, model.T, schedule), model.alphas_cumprod,
+                    model.sample_shape, sampler=sampler, seed=seed, device=device, purpose="grid",
+                    **sampler_kwargs(sampler, eta))
 
 
 @torch.no_grad()

@@ -17,11 +17,11 @@ import torch
 
 from .cache import cache_dir, cached, config_key, full_key
 from .data import get_dataset
-from .evaluate import EvalConfig, embed, evaluate, generate
+from .evaluate import EvalConfig, embed, evaluate, generate, grid_samples
 from .features import FeatureExtractor, get_feature_extractor
 from .finetune import FinetuneConfig, Finetuner, pick_device
 from .models import LoadedModel, load_model
-from .sampling import ddim_sample, noise, sampler_kwargs, slerp, to_unit
+from .sampling import ddim_sample, noise, slerp, to_unit
 from .schedules import timestep_subset
 from .speed import resolve_speed
 from .streams import stream_seeds
@@ -99,11 +99,8 @@ def scores(run: Run, config: EvalConfig | None = None, progress: bool = True, **
 
 def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 0, schedule: str = "linear",
                        sampler: str = "ddim", eta: float = 0.0) -> torch.Tensor:
-    """``n`` samples [n, C, H, W] in [0, 1] from the fixed noise of the "grid" stream: call it on two models
-    to compare them (never a training or an evaluation latent)."""
-    m, device = run.model, pick_device()
-    return generate(m.unet.to(device), n, timestep_subset(budget, m.T, schedule), m.alphas_cumprod, m.sample_shape,
-                    sampler=sampler, seed=seed, device=device, purpose="grid", **sampler_kwargs(sampler, eta))
+    """``evaluate.grid_samples`` of ``run``'s model on the default device: call it on two runs to compare them."""
+    return grid_samples(run.model, budget, n, seed, schedule, sampler, eta, device=pick_device())
 
 
 @torch.no_grad()

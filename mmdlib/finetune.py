@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .errors import MMDLibError
+from .evaluate import grid_samples
 from .features import FEATURES, FeatureExtractor, get_feature_extractor
 from .loss import mmd_ddm_loss
 from .mmd import KERNELS
@@ -27,7 +28,7 @@ from .models import LoadedModel, save_pipeline
 from .plots import save_grid
 from .real_features import PrecomputedReal, StreamedReal, real_feature_source
 from .runfolder import RunFolder
-from .sampling import SAMPLERS, sample_seeded, sampler_kwargs, to_unit
+from .sampling import SAMPLERS, sample_seeded, sampler_kwargs
 from .schedules import SUBSETS, timestep_subset
 from .speed import COMPILE, PRECISIONS, plan_memory, resolve_speed
 from .streams import MAX_INDEX, stream_seed, stream_seeds
@@ -305,12 +306,12 @@ class Finetuner:
         self.folder.save({"unet": self.unet.state_dict(), "optimizer": self.opt.state_dict()}, self.iteration)
 
     def save_grid(self, name: str) -> Path | None:
-        """64 samples from fixed noise (the "grid" stream: the same at every call and in every run), on the
-        main process."""
+        """64 samples from fixed noise (``evaluate.grid_samples``: the same at every call and in every run), on
+        the main process."""
         if not self.procs.main:
             return None
-        with torch.no_grad():
-            x = to_unit(self.sample(stream_seeds("grid", 0, range(64))).float())
+        x = grid_samples(self.model, self.cfg.timesteps, schedule=self.cfg.schedule, sampler=self.cfg.sampler,
+                         eta=self.cfg.eta, device=self.device)
         return save_grid(x, self.folder.path / "samples" / f"{name}.png")
 
     def run(self) -> Path:

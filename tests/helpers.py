@@ -1,5 +1,9 @@
-"""Small fixtures shared by the tests."""
+"""Small fixtures shared by the tests (and the speed benchmark, which needs random Inception weights offline)."""
+from pathlib import Path
+from unittest import mock
+
 import torch
+from torch import nn
 from diffusers import UNet2DModel
 
 
@@ -11,3 +15,23 @@ def make_tiny_unet(channels: int = 3, size: int = 8, seed: int = 0) -> UNet2DMod
         block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     ).eval()
+
+
+def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
+    """A weights file in torch-fidelity's Inception key layout with random (He-initialised) weights: for
+    offline tests and speed benchmarks, where only the architecture matters."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    torch.manual_seed(seed)
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return Path(path)

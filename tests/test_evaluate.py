@@ -72,7 +72,7 @@ def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path)
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torch_fidelity.metric_isc import isc_features_to_metric
 
-    from mmdlib.features import write_random_inception_weights
+    from helpers import write_random_inception_weights
 
     write_random_inception_weights(tmp_path / "w.pth")
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],

@@ -11,7 +11,7 @@ from mmdlib.features import get_feature_extractor
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
-    from mmdlib.features import write_random_inception_weights
+    from helpers import write_random_inception_weights
 
     return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "weights.pth")
 

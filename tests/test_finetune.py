@@ -165,27 +165,28 @@ class TinyFeatures(mmdlib.FeatureExtractor):
         return self.conv(x).relu().mean((2, 3))
 
 
-# Computed by the finetuning code as of this test's commit (3 iterations, 3 steps, batch 8): a change that
-# alters the loss, the sampler's noise, the real batches, clipping or Adam moves these numbers.
+# Computed by the finetuning code before its split into loss.py, runfolder.py and real_features.py (3
+# iterations, 3 steps, batch 8): a change that alters the loss, the sampler's noise, the real batches,
+# clipping or Adam moves these numbers. The last number is the loss that the final weights (bitwise the
+# pre-split code's, checked at one thread) give on iteration 3's batch; weights are not compared directly,
+# since Adam moves parameters whose gradient is ~0 by up to lr either way with the thread count.
 GOLDEN = [
-    ({}, [0.0380562, 0.035588, 0.0185274], [0.6458, 0.5256, 0.4648], 0.549161162854034),
-    ({"sampler": "ddpm"}, [0.0339534, 0.0362873, 0.0272298], [0.7221, 0.6242, 0.571], -0.015308598965020792),
-    ({"eta": 0.5}, [0.0360085, 0.035314, 0.0211703], [0.6202, 0.6122, 0.5412], 0.18564978398080711),
+    ({}, [0.0380562, 0.035588, 0.0185274], [0.6458, 0.5256, 0.4648], 0.018428519890954398),
+    ({"sampler": "ddpm"}, [0.0339534, 0.0362873, 0.0272298], [0.7221, 0.6242, 0.571], 0.015344365740315613),
+    ({"eta": 0.5}, [0.0360085, 0.035314, 0.0211703], [0.6202, 0.6122, 0.5412], 0.01615207155546461),
 ]
 
 
-@pytest.mark.parametrize("kw,losses,grad_norms,moved", GOLDEN)
-def test_golden_finetune_trajectory(tmp_path, kw, losses, grad_norms, moved):
-    model = tiny_model()
-    before = weights(model.unet)
-    ft = Finetuner(model, mmdlib.digits_dataset("train"), cfg(tmp_path, timesteps=3, iterations=3, **kw),
+@pytest.mark.parametrize("kw,losses,grad_norms,final", GOLDEN)
+def test_golden_finetune_trajectory(tmp_path, kw, losses, grad_norms, final):
+    ft = Finetuner(tiny_model(), mmdlib.digits_dataset("train"), cfg(tmp_path, timesteps=3, iterations=3, **kw),
                    extractor=TinyFeatures(), progress=False)
     ft.run()
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert [float(r["loss"]) for r in rows] == pytest.approx(losses, rel=1e-5)
     assert [float(r["grad_norm"]) for r in rows] == pytest.approx(grad_norms, rel=1e-3)
-    after = weights(ft.unet)
-    assert sum((after[k].double() - before[k].double()).sum() for k in after).item() == pytest.approx(moved, abs=1e-6)
+    with torch.no_grad():
+        assert ft.loss(3).item() == pytest.approx(final, rel=1e-4)
 
 
 def test_the_loss_is_eq_7_on_the_chains_output_and_differentiable():
