@@ -114,29 +114,6 @@ def interpolation(run: Run, budget: int, pair: int = 0, points: int = 9, seed: i
     return to_unit(ddim_sample(m.unet, path, timestep_subset(budget, m.T), m.alphas_cumprod)).cpu()
 
 
-def nearest_real(samples: torch.Tensor, dataset: str, split: str, space: str, k: int = 5,
-                 **data_kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances and indices [N, k] of each sample's k nearest real images (Euclidean distance in the
-    feature space ``space``): the paper's Fig. 4 check that finetuning does not copy the training set."""
-    from .evaluate import reference_features
-
-    device = pick_device()
-    ref = reference_features(dataset, split, space, device=device, **data_kw)
-    d = torch.cdist(embed(get_feature_extractor(space).to(device), samples), ref)
-    return d.topk(k, largest=False)
-
-
-def real_nearest_distance(dataset: str, split: str, space: str, n: int = 500, seed: int = 0,
-                          **data_kw) -> torch.Tensor:
-    """For ``n`` random real images, the distance to their nearest *other* real image: the scale a copy
-    of the training set would fall far below."""
-    from .evaluate import reference_features
-
-    ref = reference_features(dataset, split, space, device=pick_device(), **data_kw)
-    idx = torch.randperm(len(ref), generator=torch.Generator().manual_seed(seed))[:n]
-    return torch.cdist(ref[idx], ref).topk(2, largest=False).values[:, 1]
-
-
 def data_floor(run: Run, budget: int, dataset: str = "digits", split: str = "all",
                spaces: tuple[str, ...] = ("digits-b",), draws: int = 3, sampler: str = "ddim",
                data_root: str | None = None, progress: bool = False) -> dict:

@@ -8,6 +8,7 @@ import torch
 from helpers import make_tiny_unet
 
 import mmdlib
+from mmdlib import analysis
 from mmdlib import experiments as ex
 from mmdlib import toy
 from mmdlib.evaluate import evaluate
@@ -78,7 +79,7 @@ def test_nearest_real_images_match_brute_force_and_find_an_image_itself():
     with torch.no_grad():
         f_real = fx(real).double().numpy()
     queries = real[[3, 10, 50]] * 0.9  # dimmer copies: their nearest real image is the original
-    d, idx = ex.nearest_real(queries, "digits", "test", "digits-b", k=4)
+    d, idx = analysis.nearest_real(queries, "digits", "test", "digits-b", k=4)
     with torch.no_grad():
         f_q = fx(queries).double().numpy()
     brute = np.sqrt(((f_q[:, None] - f_real[None]) ** 2).sum(-1))
@@ -86,7 +87,7 @@ def test_nearest_real_images_match_brute_force_and_find_an_image_itself():
     assert np.array_equal(idx.numpy(), np.argsort(brute, 1)[:, :4])
     np.testing.assert_allclose(d.numpy(), np.sort(brute, 1)[:, :4], rtol=1e-6)
 
-    nn = ex.real_nearest_distance("digits", "test", "digits-b", n=20, seed=1)
+    nn = analysis.real_nearest_distance("digits", "test", "digits-b", n=20, seed=1)
     pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(1))[:20].numpy()
     full = np.sqrt(((f_real[pick, None] - f_real[None]) ** 2).sum(-1))
     full[np.arange(20), pick] = np.inf  # not itself
@@ -177,3 +178,16 @@ def test_the_data_floor_splits_the_real_images_in_halves_and_samples_once_per_dr
     calls.clear()
     assert ex.data_floor(run, 2, "digits", "test", ("digits-b",), draws=2) == {"digits-b": got["digits-b"]}
     assert calls == []  # cached
+
+
+def test_the_nearest_distance_table_tells_copying_from_sampling():
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(1000, generator=g) + 1.0
+    fresh = torch.rand(1000, generator=g) + 1.0  # as far from the data as real images are from each other
+    copies = torch.full((1000,), 0.01)  # every sample a near copy
+    t = analysis.nearest_distance_table({"fresh": fresh, "copies": copies}, real)
+    share = t["share below real's 10th percentile"]
+    assert list(t.index) == ["fresh", "copies", analysis.REAL_ROW]
+    assert share["copies"] == 1.0 and abs(share["fresh"] - 0.1) < 0.03 and abs(share[analysis.REAL_ROW] - 0.1) < 0.01
+    assert t.loc["copies", "median"] == pytest.approx(0.01) and t.loc[analysis.REAL_ROW, "median"] == pytest.approx(
+        real.median().item())
