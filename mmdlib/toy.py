@@ -93,3 +93,17 @@ def finetune_toy(model: nn.Module, data: torch.Tensor, ac: torch.Tensor, timeste
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+@torch.no_grad()
+def toy_samples(model: nn.Module, ac: torch.Tensor, budget: int, n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """``n`` points [n, 2] sampled with ``budget`` DDIM steps from the chapter's fixed noise (``toy_noise``):
+    the same noise for every model, so before and after can be compared point by point."""
+    from .schedules import timestep_subset
+
+    return ddim_sample(model, toy_noise(n, seed), timestep_subset(budget, len(ac)), ac)
+
+
+def ring_distance(x: torch.Tensor, radius: float = 1.0) -> float:
+    """Mean distance of points [n, 2] from the circle the modes sit on: smeared samples lie off it."""
+    return (x.norm(dim=1) - radius).abs().mean().item()
