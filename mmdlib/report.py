@@ -22,6 +22,15 @@ def table(results: dict[str, dict], space: str, metric: str = "fid", digits: int
     return t
 
 
+def space_table(rows: dict[str, dict], spaces, title: str, metric: str = "fid", digits: int = 2) -> pd.DataFrame:
+    """One budget's scores side by side: rows are models or settings (``rows``: name -> ``{space: score
+    row}``), columns are the feature spaces, cells are mean ± std; ``title`` names the table."""
+    t = pd.DataFrame.from_dict({name: {f"{metric.upper()} ({s})": cell(r[s], metric, digits) for s in spaces}
+                                for name, r in rows.items()}, orient="index")
+    t.columns.name = title
+    return t
+
+
 def gap_closed(base_few: float, finetuned_few: float, base_many: float) -> float:
     """Share of the base model's few-to-many-step FID gap that finetuning closes (1: the finetuned model at
     few steps matches the base model at many; above 1: it beats it)."""

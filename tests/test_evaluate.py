@@ -6,7 +6,7 @@ from helpers import make_tiny_unet
 
 import mmdlib
 from mmdlib.evaluate import EvalConfig, evaluate, fid_from_features, generate, kid_from_features, reference_features
-from mmdlib.report import table
+from mmdlib.report import space_table, table
 from mmdlib.models import LoadedModel
 
 
@@ -63,6 +63,9 @@ def test_evaluate_returns_a_plain_dict_and_a_table():
         np.std(row["fid_per_seed"], ddof=1))
     t = table({"DDIM": res}, "digits-b")
     assert list(t.columns) == ["|T|=1", "|T|=2"] and t.loc["DDIM", "|T|=2"] == f"{row['fid']:.2f} ± {row['fid_std']:.2f}"
+    s = space_table({"at 1": res[1], "at 2": res[2]}, ["digits-b"], "tiny", metric="kid", digits=4)
+    assert list(s.columns) == ["KID (digits-b)"] and s.columns.name == "tiny" and list(s.index) == ["at 1", "at 2"]
+    assert s.loc["at 2", "KID (digits-b)"] == f"{row['kid']:.4f} ± {row['kid_std']:.4f}"
     # the same scores from a config object, and seeds=2 means evaluation seeds 0 and 1
     cfg = EvalConfig(dataset="digits", split="test", budgets=(1, 2), spaces=("digits-b",), n=40, seeds=2)
     assert evaluate(m, cfg, progress=False) == res
