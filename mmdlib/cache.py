@@ -86,17 +86,23 @@ def cached(kind: str, config: dict, build: Callable[[Path], None]) -> Path:
     return final
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename over it."""
-    import torch
-
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a reader (or a crash)
+    sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` atomically (``atomic_write``)."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -71,12 +71,6 @@ class EvalConfig:
             stream_seeds("eval", seed, [0, self.n - 1])
         return self
 
-    def identity(self) -> dict:
-        """The settings that change the scores (not where the data lives)."""
-        d = dataclasses.asdict(self)
-        d.pop("data_root")
-        return d
-
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """Round [0, 1] images to 8-bit levels, as saving them to PNG would."""
@@ -264,6 +258,7 @@ def evaluate(model, config: EvalConfig | None = None, *, weights_path: str | Non
     refs = {s: reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw)
             for s in cfg.spaces}
     identity = model.identity() if cache else None
+    ref_keys = {s: reference_key(cfg.dataset, cfg.split, extractors[s], **data_kw) for s in cfg.spaces} if cache else {}
     results: dict = {}
     for b in cfg.budgets:
         per: dict = {s: {} for s in cfg.spaces}
@@ -283,8 +278,7 @@ def evaluate(model, config: EvalConfig | None = None, *, weights_path: str | Non
                     return score_features(extractors[s], f, refs[s])
 
                 if cache:
-                    ref_key = reference_key(cfg.dataset, cfg.split, extractors[s], **data_kw)
-                    key = score_key(identity, cfg, b, seed, steps[b], ref_key, device)
+                    key = score_key(identity, cfg, b, seed, steps[b], ref_keys[s], device)
                     folder = cached("scores", key, lambda tmp: (tmp / "scores.json").write_text(json.dumps(compute())))
                     scores = json.loads((folder / "scores.json").read_text())
                 else:

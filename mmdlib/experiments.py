@@ -68,16 +68,20 @@ def _resolve(cfg: FinetuneConfig) -> tuple[LoadedModel, FeatureExtractor, torch.
     return model, extractor, device, finetune_key(model, extractor, cfg.check(), device)
 
 
+def _work_folder(key: dict) -> Path:
+    return cache_dir() / "runs" / config_key(full_key(key))
+
+
 def run_folder(cfg: FinetuneConfig) -> Path:
     """Where the finetune for ``cfg`` runs (and resumes after an interruption) before it enters the cache."""
-    return cache_dir() / "runs" / config_key(full_key(_resolve(cfg)[3]))
+    return _work_folder(_resolve(cfg)[3])
 
 
 def finetuned(cfg: FinetuneConfig, progress: bool = True) -> Run:
     """``cfg.model`` finetuned with ``cfg`` (output knobs ignored), computed once and cached."""
     data_kw = {"root": cfg.data_root} if cfg.data_root else {}
     model, extractor, device, key = _resolve(cfg)
-    work = cache_dir() / "runs" / config_key(full_key(key))
+    work = _work_folder(key)
 
     def build(tmp: Path) -> None:
         c = dataclasses.replace(cfg, out=str(work))

@@ -106,10 +106,6 @@ class FinetuneConfig:
                               f"batch.")
         return self
 
-    def settings(self, group: str) -> dict:
-        """The settings of one group: "method", "execution" or "output"."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["group"] == group}
-
     def run_identity(self) -> dict:
         """What makes two runs the same run: the fields declared part of the identity (``_setting``)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}

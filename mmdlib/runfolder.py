@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .cache import atomic_save
+from .cache import atomic_save, atomic_write
 from .errors import MMDLibError
 
 LOG_FIELDS = ("iteration", "loss", "grad_norm", "seconds")
@@ -26,10 +24,7 @@ WRITTEN = ("run.json", "checkpoint.pt", "log.csv", "finetuned", "samples")  # wh
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 
 def _load_plain(path: Path, map_location) -> dict:
