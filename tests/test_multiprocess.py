@@ -86,12 +86,18 @@ def test_resume_with_a_different_number_of_processes(tmp_path, tiny_model_dir):
 def test_a_failing_rank_leaves_no_half_written_checkpoint(tmp_path, tiny_model_dir):
     script = tmp_path / "fail_rank1.py"
     script.write_text(textwrap.dedent("""
-        import os, sys
+        import json, os, sys, time
         from mmdlib.finetune import Finetuner
         real = Finetuner.loss
         def loss(self, it, *a):
             if it == 1 and self.procs.rank == 1:
-                os._exit(3)  # a rank dies mid-run
+                # a rank dies mid-run, once the main one has recorded iteration 1's checkpoint (dying
+                # earlier races the launcher, which kills the main process wherever it is)
+                for _ in range(600):
+                    if json.loads(self.folder.run_file.read_text()).get("iteration") == 1:
+                        break
+                    time.sleep(0.1)
+                os._exit(3)
             return real(self, it, *a)
         Finetuner.loss = loss
         from mmdlib.cli import main
