@@ -77,7 +77,7 @@ def time_finetune(mode: str, budget: int, args, weights: Path, state: dict) -> d
     with tempfile.TemporaryDirectory() as out:
         modes = {**MODES, "fast": {**MODES["fast"], "precision": args.fast_precision,
                                    "memory_gib": args.memory_gib}}
-        cfg = FinetuneConfig(features="inception", timesteps=budget, batch_size=args.batch, lr=1e-6,
+        cfg = FinetuneConfig(features="inception", budget=budget, batch_size=args.batch, lr=1e-6,
                              iterations=args.warmup + args.iterations, out=out, device=args.device, **modes[mode])
         if device.type == "cuda":
             torch.cuda.empty_cache()

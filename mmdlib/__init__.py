@@ -12,14 +12,14 @@ from .mmd import KERNELS, cubic_kernel, get_kernel, linear_kernel, mmd2_unbiased
 from .models import MODELS, LoadedModel, load_model, save_pipeline
 from .sampling import (SAMPLERS, ddim_sample, ddpm_sample, generators, get_sampler, noise, predict_eps, randn,
                        sample_seeded, slerp, to_unit)
-from .schedules import SUBSETS, alphas_cumprod, linear_betas, timestep_subset
+from .schedules import TIMESTEP_SPACINGS, alphas_cumprod, linear_betas, timestep_subset
 from .streams import PURPOSES, stream_seeds
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DATASETS", "FEATURES", "FeatureExtractor", "KERNELS", "LoadedModel", "MMDLibError", "MODELS", "PURPOSES",
-    "SAMPLERS", "SUBSETS", "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample", "digits_dataset",
+    "SAMPLERS", "TIMESTEP_SPACINGS", "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample", "digits_dataset",
     "generators", "get_dataset", "get_feature_extractor", "get_kernel", "get_sampler", "linear_betas",
     "linear_kernel", "load_model", "mmd2_unbiased", "noise", "predict_eps", "randn", "rbf_kernel", "sample_seeded",
     "save_pipeline", "slerp", "smoke_test", "stream_seeds", "timestep_subset", "to_unit",

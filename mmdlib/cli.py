@@ -17,8 +17,8 @@ HELP = {
     "data_root": "folder holding the dataset files (default data/<dataset>)",
     "features": "feature space of the MMD loss: inception, clip, digits-a, digits-b",
     "kernel": "MMD kernel: cubic (paper default), linear, rbf",
-    "timesteps": "the sampling budget |tau| to finetune for",
-    "schedule": "timestep subset: linear (DDIM uniform) or quadratic",
+    "budget": "the sampling budget |tau| to finetune for (diffusers' num_inference_steps)",
+    "timestep_spacing": "which |tau| of the T timesteps: linear (DDIM uniform) or quadratic",
     "sampler": "sampler differentiated through: ddim or ddpm",
     "eta": "DDIM eta (0 = deterministic DDIM, the paper's setting)",
     "batch_size": "generated and real images per iteration",
@@ -42,6 +42,10 @@ HELP = {
 }
 
 
+# earlier spellings, still accepted
+ALIASES = {"budget": ["--timesteps", "--num-inference-steps"], "timestep_spacing": ["--schedule"]}
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per FinetuneConfig field. A flag not given takes its value from the preset (``--preset``, else
     the one named like ``--dataset``: ``digits`` when no dataset is given), or, for a dataset without a
@@ -61,12 +65,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         flag, default, mine = "--" + f.name.replace("_", "-"), getattr(paper, f.name), getattr(digits, f.name)
         text = HELP[f.name] + ("" if default is None and mine is None else f" (default: {default})" if mine == default
                                else f" (the paper: {default}; digits preset: {mine})")
+        flags, group = [flag, *ALIASES.get(f.name, [])], groups[f.metadata["group"]]
         if isinstance(default, tuple):
-            groups[f.metadata["group"]].add_argument(flag, type=float, nargs=len(default), default=argparse.SUPPRESS,
-                                                     help=text)
+            group.add_argument(*flags, dest=f.name, type=float, nargs=len(default), default=argparse.SUPPRESS,
+                               help=text)
         else:
             typ = f.metadata.get("type") or (type(default) if default is not None else str)
-            groups[f.metadata["group"]].add_argument(flag, type=typ, default=argparse.SUPPRESS, help=text)
+            group.add_argument(*flags, dest=f.name, type=typ, default=argparse.SUPPRESS, help=text)
 
 
 def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
@@ -111,7 +116,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         raise MMDLibError(f"--budgets must be comma-separated integers, e.g. 5,10,20; got {a.budgets!r}.") from None
     cfg = EvalConfig(dataset=a.dataset, split=a.split, data_root=a.data_root, budgets=budgets,
                      spaces=tuple(a.features.split(",")), n=a.n, seeds=a.seeds, sampler=a.sampler, eta=a.eta,
-                     schedule=a.schedule, precision=a.precision).check()
+                     timestep_spacing=a.timestep_spacing, precision=a.precision).check()
     model = load_model(a.model)
     res = evaluate(model, cfg, weights_path=a.inception_weights, download=a.download)
     text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
@@ -124,10 +129,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    m = run_demo(a.out, timesteps=a.timesteps, iterations=a.iterations, n=a.n, seeds=a.seeds, overwrite=a.overwrite,
+    m = run_demo(a.out, budget=a.budget, iterations=a.iterations, n=a.n, seeds=a.seeds, overwrite=a.overwrite,
                  resume=a.resume)
     print(json.dumps({k: m[k] for k in ("fid_before", "fid_after", "fid_reference", "reference_budget", "gap_closed",
-                                        "feature_space", "timesteps")}))
+                                        "feature_space", "budget")}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="number of evaluation seeds, 0..k-1 (mean and std are reported)")
     ev.add_argument("--sampler", default=e.sampler, help="ddim or ddpm")
     ev.add_argument("--eta", type=float, default=e.eta, help="DDIM eta (ddim only)")
-    ev.add_argument("--schedule", default=e.schedule, help="linear or quadratic")
+    ev.add_argument("--timestep-spacing", *ALIASES["timestep_spacing"], dest="timestep_spacing",
+                    default=e.timestep_spacing, help=HELP["timestep_spacing"])
     ev.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file")
     ev.add_argument("--precision", default=e.precision, choices=list(EVAL_PRECISIONS),
                     help="bf16: sample and embed under bf16 autocast (faster on GPUs, not exact)")
@@ -172,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import DEMO, PRESET
 
     de.add_argument("--out", required=True, help="output folder: metrics.json, base/, finetuned/, grids")
-    de.add_argument("--timesteps", type=int, default=DEMO.timesteps, help="sampling budget to finetune for")
+    de.add_argument("--budget", *ALIASES["budget"], dest="budget", type=int, default=DEMO.budget,
+                    help=HELP["budget"])
     de.add_argument("--iterations", type=int, default=DEMO.iterations, help="finetuning iterations")
     de.add_argument("--n", type=int, default=PRESET.evaluation.n,
                     help="generated samples per budget and seed for the metrics")

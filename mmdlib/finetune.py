@@ -29,7 +29,7 @@ from .plots import save_grid
 from .real_features import PrecomputedReal, StreamedReal, real_feature_source
 from .runfolder import RunFolder
 from .sampling import SAMPLERS, sample_seeded, sampler_kwargs
-from .schedules import SUBSETS, timestep_subset
+from .schedules import TIMESTEP_SPACINGS, timestep_subset
 from .speed import COMPILE, PRECISIONS, plan_memory, resolve_speed
 from .streams import MAX_INDEX, stream_seed, stream_seeds
 
@@ -56,8 +56,8 @@ class FinetuneConfig:
     data_root: str | None = _setting(None, "method")
     features: str = _setting("inception", "method")
     kernel: str = _setting("cubic", "method")
-    timesteps: int = _setting(5, "method")  # the budget |tau|
-    schedule: str = _setting("linear", "method")
+    budget: int = _setting(5, "method")  # |tau|, the sampling steps (diffusers' num_inference_steps)
+    timestep_spacing: str = _setting("linear", "method")  # which |tau| timesteps (TIMESTEP_SPACINGS)
     sampler: str = _setting("ddim", "method")
     eta: float = _setting(0.0, "method")
     batch_size: int = _setting(128, "method")
@@ -81,7 +81,7 @@ class FinetuneConfig:
 
     def check(self) -> "FinetuneConfig":
         """Refuse bad values with a message naming the value and what is allowed."""
-        for field, known in (("features", FEATURES), ("kernel", KERNELS), ("schedule", SUBSETS),
+        for field, known in (("features", FEATURES), ("kernel", KERNELS), ("timestep_spacing", TIMESTEP_SPACINGS),
                              ("sampler", SAMPLERS)):
             if getattr(self, field) not in known:
                 raise MMDLibError(f"unknown {field} {getattr(self, field)!r}; known: {', '.join(known)}.")
@@ -200,7 +200,7 @@ class Finetuner:
         resuming = self.folder.check(cfg.run_identity(), resume, overwrite)  # every rank, before any work
         self.progress = progress and self.procs.main
         self.device = self.procs.device(cfg.device)
-        self.steps = timestep_subset(cfg.timesteps, model.T, cfg.schedule)
+        self.timesteps = timestep_subset(cfg.budget, model.T, cfg.timestep_spacing)
         self.speed = resolve_speed(cfg.precision, cfg.compile, self.device)
         self.unet = self.speed.place(copy.deepcopy(model.unet), self.device).eval()
         self.model = dataclasses.replace(model, unet=self.unet)
@@ -216,7 +216,7 @@ class Finetuner:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.iteration = ckpt["iteration"]
         self.procs.barrier()  # every rank has checked and loaded before the main one writes
-        self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations, "timesteps": self.steps},
+        self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations, "timesteps": self.timesteps},
                           self.iteration, overwrite)
         self.procs.barrier()
 
@@ -230,7 +230,7 @@ class Finetuner:
     @functools.cached_property
     def memory(self) -> dict:
         """The checkpointing plan (``speed.plan_memory``) for this process's share of the batch."""
-        return plan_memory(self.unet, self.extractor, self.steps, self.model.alphas_cumprod, self.model.sample_shape,
+        return plan_memory(self.unet, self.extractor, self.timesteps, self.model.alphas_cumprod, self.model.sample_shape,
                            self.cfg.batch_size // self.procs.world, self.device, self.speed, self.cfg.checkpointing,
                            self.cfg.memory_gib, self.cfg.sampler, **self._sampler_kw)
 
@@ -249,7 +249,7 @@ class Finetuner:
     def sample(self, seeds: list[int]) -> torch.Tensor:
         """x_0 in [-1, 1] through the short chain (differentiable): each sample's generator draws its x_T,
         then its in-chain noise."""
-        return sample_seeded(self.net, seeds, self.model.sample_shape, self.steps, self.model.alphas_cumprod,
+        return sample_seeded(self.net, seeds, self.model.sample_shape, self.timesteps, self.model.alphas_cumprod,
                              self.cfg.sampler, device=self.device, checkpoint=self.checkpoint_steps, **self._sampler_kw)
 
     def loss(self, it: int) -> torch.Tensor:
@@ -257,7 +257,7 @@ class Finetuner:
         "train" draws, and the features are all-gathered with their gradient."""
         return mmd_ddm_loss(self.net, self.extractor, self.real(it),
                             _noise_seeds(self.cfg, it, (self.procs.rank, self.procs.world)),
-                            shape=self.model.sample_shape, timesteps=self.steps,
+                            shape=self.model.sample_shape, timesteps=self.timesteps,
                             alphas_cumprod=self.model.alphas_cumprod, sampler=self.cfg.sampler, kernel=self.cfg.kernel,
                             checkpoint=self.checkpoint_steps, device=self.device, autocast=self._autocast,
                             gather=self.procs.gather_with_grad, **self._sampler_kw)
@@ -268,15 +268,15 @@ class Finetuner:
         try:
             return self._step()
         except torch.OutOfMemoryError as e:
-            if self.memory["policy"] != "auto" or self.checkpoint_steps == len(self.steps):
+            if self.memory["policy"] != "auto" or self.checkpoint_steps == len(self.timesteps):
                 raise MMDLibError(f"out of memory at iteration {self.iteration} (batch {self.cfg.batch_size}, "
-                                  f"{self.checkpoint_steps} of {len(self.steps)} steps checkpointed); use "
+                                  f"{self.checkpoint_steps} of {len(self.timesteps)} steps checkpointed); use "
                                   f"--checkpointing all or a smaller --batch-size.") from e
         # outside the except block, so the failed iteration's graph is gone
         self.opt.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.memory["checkpointed"] = len(self.steps)
+        self.memory["checkpointed"] = len(self.timesteps)
         if self.progress:
             tqdm.write("out of memory: now checkpointing every sampler step")
         return self._step()
@@ -306,7 +306,7 @@ class Finetuner:
         the main process."""
         if not self.procs.main:
             return None
-        x = grid_samples(self.model, self.cfg.timesteps, schedule=self.cfg.schedule, sampler=self.cfg.sampler,
+        x = grid_samples(self.model, self.cfg.budget, timestep_spacing=self.cfg.timestep_spacing, sampler=self.cfg.sampler,
                          eta=self.cfg.eta, device=self.device)
         return save_grid(x, self.folder.path / "samples" / f"{name}.png")
 
@@ -315,10 +315,10 @@ class Finetuner:
         cfg = self.cfg
         if self.iteration == 0:
             self.save_grid("iter_000000")
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"MMD-DDM {cfg.timesteps} steps",
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"MMD-DDM {cfg.budget} steps",
                    disable=not self.progress)
         if self.progress and self.memory["policy"] == "auto" and self.checkpoint_steps:
-            bar.write(f"checkpointing {self.checkpoint_steps} of {len(self.steps)} sampler steps (estimated "
+            bar.write(f"checkpointing {self.checkpoint_steps} of {len(self.timesteps)} sampler steps (estimated "
                       f"{self.memory['estimate_gib']:.1f} GiB of activations, {self.memory['available_gib']:.1f} GiB "
                       f"available)")
         while self.iteration < cfg.iterations:
@@ -335,7 +335,7 @@ class Finetuner:
         bar.close()
         path = self.folder.path / "finetuned"
         if self.procs.main:
-            save_pipeline(self.unet, path, cfg.timesteps, self.model.alphas_cumprod, cfg.schedule,
+            save_pipeline(self.unet, path, cfg.budget, self.model.alphas_cumprod, cfg.timestep_spacing,
                           meta={"finetune": dataclasses.asdict(self.cfg)}, sampler=cfg.sampler, eta=cfg.eta)
         self.procs.barrier()
         return path

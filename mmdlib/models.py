@@ -123,12 +123,12 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
 
 
 def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alphas_cumprod: torch.Tensor | None = None,
-                  kind: str = "linear", meta: dict | None = None, sampler: str = "ddim", eta: float = 0.0) -> Path:
+                  timestep_spacing: str = "linear", meta: dict | None = None, sampler: str = "ddim", eta: float = 0.0) -> Path:
     """Write ``model`` as a folder that ``diffusers.DiffusionPipeline.from_pretrained`` loads.
 
     ``sampler="ddim"`` writes a DDIMPipeline whose DDIMScheduler (set_alpha_to_one, no clipping, "leading"
     spacing, offset 0) makes ``pipe(num_inference_steps=budget, eta=eta)`` visit exactly
-    ``timestep_subset(budget, T, kind)``, the steps ``ddim_sample`` used; ``"ddpm"`` a DDPMPipeline
+    ``timestep_subset(budget, T, timestep_spacing)``, the steps ``ddim_sample`` used; ``"ddpm"`` a DDPMPipeline
     (fixed-small variance, no clipping, the same spacing) that ``ddpm_sample`` equals. Called with the
     generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic steps included.
     ``mmdlib.json`` records the budget, its timesteps, the sampler and eta (pass the recorded eta to a
@@ -143,9 +143,9 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
         raise MMDLibError(f"save_pipeline writes ddim and ddpm pipelines, not {sampler!r}.")
     ac = _alphas_cumprod(linear_betas()) if alphas_cumprod is None else torch.as_tensor(alphas_cumprod).double()
     T = len(ac)
-    steps = timestep_subset(budget, T, kind)
-    if kind != "linear":
-        warnings.warn(f"a {kind} subset cannot be expressed in the scheduler's config: the pipeline will use "
+    steps = timestep_subset(budget, T, timestep_spacing)
+    if timestep_spacing != "linear":
+        warnings.warn(f"{timestep_spacing} spacing cannot be expressed in the scheduler's config: the pipeline will use "
                       f"linear spacing; sample with mmdlib and the timesteps in {META_FILE}.")
     if torch.allclose(ac, _alphas_cumprod(linear_betas(T)), rtol=1e-12, atol=0):
         betas = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
@@ -158,7 +158,7 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
         pipe = DDPMPipeline(unet=model, scheduler=DDPMScheduler(variance_type="fixed_small", **common))
     path = Path(path)
     pipe.save_pretrained(path)
-    record = {"budget": budget, "schedule": kind, "timesteps": steps, "num_inference_steps": budget,
+    record = {"budget": budget, "timestep_spacing": timestep_spacing, "timesteps": steps, "num_inference_steps": budget,
               "sampler": sampler, "eta": float(eta) if sampler == "ddim" else None, **(meta or {})}
     (path / META_FILE).write_text(json.dumps(record, indent=1))
     return path

@@ -28,13 +28,13 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "digits": Preset(
-        FinetuneConfig(model="digits", dataset="digits", split="all", features="digits-a", timesteps=5,
+        FinetuneConfig(model="digits", dataset="digits", split="all", features="digits-a", budget=5,
                        iterations=400, save_every=50, sample_every=100),
         EvalConfig(dataset="digits", split="all", spaces=("digits-a", "digits-b"), budgets=(5, 10, 20), n=5000,
                    seeds=(0, 1, 2)),
     ),
     "cifar10": Preset(
-        FinetuneConfig(model="cifar10", dataset="cifar10", split="train", features="inception", timesteps=5,
+        FinetuneConfig(model="cifar10", dataset="cifar10", split="train", features="inception", budget=5,
                        iterations=500),
         EvalConfig(dataset="cifar10", split="train", spaces=("inception", "clip"), budgets=(5, 10, 15, 20), n=50000,
                    seeds=(0,)),

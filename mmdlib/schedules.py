@@ -32,20 +32,21 @@ def _quadratic(budget: int, T: int) -> list[int]:
     return [int(s) for s in np.linspace(0, np.sqrt(0.8 * T), budget) ** 2]
 
 
-SUBSETS = {"linear": _linear, "quadratic": _quadratic}
+TIMESTEP_SPACINGS = {"linear": _linear, "quadratic": _quadratic}
 
 
-def timestep_subset(budget: int, T: int = 1000, kind: str = "linear") -> list[int]:
-    """The |tau| = budget timesteps a short sampler visits, ascending (paper Sec. IV-G, Table 8)."""
-    if kind not in SUBSETS:
-        raise MMDLibError(f"unknown timestep subset kind {kind!r}; known kinds: {', '.join(SUBSETS)}.")
+def timestep_subset(budget: int, T: int = 1000, spacing: str = "linear") -> list[int]:
+    """The |tau| = budget timesteps (diffusers' ``num_inference_steps``) a short sampler visits, ascending,
+    spaced by ``spacing`` (a ``TIMESTEP_SPACINGS`` name; paper Sec. IV-G, Table 8)."""
+    if spacing not in TIMESTEP_SPACINGS:
+        raise MMDLibError(f"unknown timestep spacing {spacing!r}; known: {', '.join(TIMESTEP_SPACINGS)}.")
     if isinstance(budget, bool) or int(budget) != budget or not 1 <= budget <= T:
         raise MMDLibError(f"budget must be an integer in 1..T={T}, got {budget!r}.")
-    steps = SUBSETS[kind](int(budget), int(T))
+    steps = TIMESTEP_SPACINGS[spacing](int(budget), int(T))
     if len(set(steps)) != len(steps):
         raise MMDLibError(
-            f"the {kind} subset of {budget} steps out of T={T} repeats timesteps ({steps[:6]}...); "
-            f"use a smaller budget or kind='linear'."
+            f"the {spacing} spacing of {budget} steps out of T={T} repeats timesteps ({steps[:6]}...); "
+            f"use a smaller budget or spacing='linear'."
         )
     return steps
 

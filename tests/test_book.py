@@ -79,7 +79,7 @@ def test_notebook_defaults_are_the_preset_they_name(path):
     p = get_preset(name)
     ft, ev = p.finetune, p.evaluation
     want = {"model": ft.model, "dataset": ft.dataset, "split": ft.split, "data_root": ft.data_root,
-            "features": ft.features, "measure": p.measure, "timesteps": ft.timesteps, "iterations": ft.iterations,
+            "features": ft.features, "measure": p.measure, "budget": ft.budget, "iterations": ft.iterations,
             "n_samples": ev.n, "seeds": len(ev.seeds), "reference": p.reference_budget}
     assert ev.dataset == ft.dataset and ev.split == ft.split and ev.spaces == (ft.features, p.measure)
     shared = {k: v for k, v in values.items() if k in want}

@@ -13,11 +13,12 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("cmd,flags", [
-    ("finetune", ["--model", "--dataset", "--features", "--kernel", "--timesteps", "--schedule", "--sampler",
+    ("finetune", ["--model", "--dataset", "--features", "--kernel", "--budget", "--timestep-spacing", "--sampler",
                   "--batch-size", "--iterations", "--lr", "--seed", "--out", "--resume", "--overwrite",
                   "--checkpointing", "--memory-gib", "--precision", "--compile"]),
-    ("evaluate", ["--model", "--budgets", "--features", "--n", "--seeds", "--inception-weights", "--precision"]),
-    ("demo", ["--out", "--timesteps", "--iterations"]),
+    ("evaluate", ["--model", "--budgets", "--features", "--n", "--seeds", "--inception-weights", "--precision",
+                  "--timestep-spacing"]),
+    ("demo", ["--out", "--budget", "--iterations"]),
 ])
 def test_help_lists_every_flag_with_its_default(cmd, flags):
     out = run_cli(cmd, "--help")
@@ -35,7 +36,7 @@ def test_help_lists_every_flag_with_its_default(cmd, flags):
     (["--kernel", "gauss"], "unknown kernel 'gauss'"),
     (["--features", "vgg"], "unknown features 'vgg'"),
     (["--sampler", "euler"], "unknown sampler 'euler'"),
-    (["--schedule", "cosine"], "unknown schedule 'cosine'"),
+    (["--timestep-spacing", "cosine"], "unknown timestep_spacing 'cosine'"),
     (["--batch-size", "1"], "batch size 1 is too small"),
     (["--checkpointing", "some"], "unknown checkpointing setting 'some'; known: auto, all, none"),
     (["--memory-gib", "-1"], "memory_gib must be > 0"),
@@ -77,7 +78,7 @@ def test_budget_zero_via_cli(tmp_path, capsys, monkeypatch):
     from mmdlib.models import LoadedModel
     monkeypatch.setattr("mmdlib.load_model", lambda name, device="cpu": LoadedModel(
         make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny"))
-    assert main(["finetune", "--out", str(tmp_path / "o"), "--timesteps", "0"]) == 2
+    assert main(["finetune", "--out", str(tmp_path / "o"), "--timesteps", "0"]) == 2  # the earlier spelling of --budget
     assert "budget must be an integer in 1..T=1000, got 0" in capsys.readouterr().err
 
 
@@ -88,7 +89,7 @@ def test_finetune_then_refuse_then_resume_via_cli(tmp_path, monkeypatch, capsys)
     from mmdlib.models import LoadedModel
     monkeypatch.setattr("mmdlib.load_model", lambda name, device="cpu": LoadedModel(
         make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny"))
-    args = ["finetune", "--features", "digits-a", "--batch-size", "4", "--timesteps", "2", "--out",
+    args = ["finetune", "--features", "digits-a", "--batch-size", "4", "--budget", "2", "--out",
             str(tmp_path / "o"), "--save-every", "1", "--device", "cpu"]
     assert main([*args, "--iterations", "1"]) == 0
     assert main([*args, "--iterations", "1"]) == 2
@@ -106,7 +107,7 @@ def test_demo_end_to_end_in_smoke_mode(tmp_path, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "2", "--n", "200"]) in (0, None)
     out = tmp_path / "demo"
     m = json.loads((out / "metrics.json").read_text())
-    assert {"fid_before", "fid_after", "feature_space", "timesteps"} <= set(m) and m["timesteps"] == 5
+    assert {"fid_before", "fid_after", "feature_space", "budget"} <= set(m) and m["budget"] == 5
     assert m["feature_space"] == "digits-b" and m["fid_before"] > 0 and m["fid_after"] > 0
     for name in ("base", "finetuned"):
         pipe = DDIMPipeline.from_pretrained(out / name)

@@ -22,7 +22,7 @@ def tiny_folder(tmp_path):
 
 
 def tiny_cfg(folder, **kw):
-    base = dict(model=folder, dataset="digits", split="test", features="digits-a", timesteps=2, batch_size=8,
+    base = dict(model=folder, dataset="digits", split="test", features="digits-a", budget=2, batch_size=8,
                 lr=1e-3, iterations=3, device="cpu")
     return ex.config(**{**base, **kw})
 

@@ -20,7 +20,7 @@ def tiny_model(seed: int = 0) -> LoadedModel:
 
 
 def cfg(tmp_path, **kw) -> FinetuneConfig:
-    base = dict(features="digits-a", timesteps=2, batch_size=8, lr=1e-3, iterations=4, save_every=2,
+    base = dict(features="digits-a", budget=2, batch_size=8, lr=1e-3, iterations=4, save_every=2,
                 sample_every=2, out=str(tmp_path / "run"), device="cpu")
     return FinetuneConfig(**{**base, **kw})
 
@@ -111,9 +111,9 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
     ({"kernel": "gauss"}, "unknown kernel 'gauss'; known: linear, cubic, rbf"),
     ({"features": "vgg"}, "unknown features 'vgg'; known: inception, clip"),
     ({"sampler": "euler"}, "unknown sampler 'euler'; known: ddim, ddpm"),
-    ({"schedule": "cosine"}, "unknown schedule 'cosine'; known: linear, quadratic"),
-    ({"timesteps": 0}, "budget must be an integer in 1..T=1000, got 0"),
-    ({"timesteps": 1001}, "budget must be an integer in 1..T=1000, got 1001"),
+    ({"timestep_spacing": "cosine"}, "unknown timestep_spacing 'cosine'; known: linear, quadratic"),
+    ({"budget": 0}, "budget must be an integer in 1..T=1000, got 0"),
+    ({"budget": 1001}, "budget must be an integer in 1..T=1000, got 1001"),
     ({"checkpointing": "some"}, "unknown checkpointing setting 'some'; known: auto, all, none"),
     ({"precision": "fp16"}, "unknown precision setting 'fp16'; known: auto, fp32, bf16"),
     ({"compile": "yes"}, "unknown compile setting 'yes'; known: auto, on, off"),
@@ -179,7 +179,7 @@ GOLDEN = [
 
 @pytest.mark.parametrize("kw,losses,grad_norms,final", GOLDEN)
 def test_golden_finetune_trajectory(tmp_path, kw, losses, grad_norms, final):
-    ft = Finetuner(tiny_model(), mmdlib.digits_dataset("train"), cfg(tmp_path, timesteps=3, iterations=3, **kw),
+    ft = Finetuner(tiny_model(), mmdlib.digits_dataset("train"), cfg(tmp_path, budget=3, iterations=3, **kw),
                    extractor=TinyFeatures(), progress=False)
     ft.run()
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))

@@ -86,13 +86,14 @@ def test_saved_pipeline_samples_like_ddim_sample(tmp_path, budget):
     torch.testing.assert_close(reloaded.alphas_cumprod, mmdlib.alphas_cumprod(mmdlib.linear_betas()))
 
 
-def test_saved_pipeline_with_a_non_linear_schedule_keeps_it(tmp_path):
+def test_saved_pipeline_with_a_non_linear_beta_schedule_and_spacing_keeps_them(tmp_path):
     ac = mmdlib.alphas_cumprod(mmdlib.linear_betas(1000, 1e-4, 0.03))
-    with pytest.warns(UserWarning, match="quadratic subset cannot be expressed"):
-        save_pipeline(make_tiny_unet(), tmp_path / "p", budget=5, alphas_cumprod=ac, kind="quadratic")
+    with pytest.warns(UserWarning, match="quadratic spacing cannot be expressed"):
+        save_pipeline(make_tiny_unet(), tmp_path / "p", budget=5, alphas_cumprod=ac, timestep_spacing="quadratic")
     m = load_model(str(tmp_path / "p"))
     torch.testing.assert_close(m.alphas_cumprod, ac, rtol=1e-6, atol=0)
-    assert m.meta["timesteps"] == mmdlib.timestep_subset(5, kind="quadratic")
+    assert m.meta["timesteps"] == mmdlib.timestep_subset(5, spacing="quadratic")
+    assert m.meta["timestep_spacing"] == "quadratic" and m.meta["budget"] == 5
 
 
 @pytest.mark.parametrize("sampler,eta,budget", [("ddim", 0.0, 5), ("ddim", 0.6, 5), ("ddim", 1.0, 3), ("ddpm", None, 5),

@@ -27,7 +27,7 @@ def tiny_model_dir(tmp_path_factory):
 
 def finetune_args(model_dir, out, *extra):
     return ["finetune", "--model", str(model_dir), "--dataset", "digits", "--features", "digits-a",
-            "--timesteps", "2", "--batch-size", "8", "--iterations", "2", "--lr", "1e-3", "--grad-clip", "100",
+            "--budget", "2", "--batch-size", "8", "--iterations", "2", "--lr", "1e-3", "--grad-clip", "100",
             "--save-every", "1", "--device", "cpu", "--out", str(out), *extra]
 
 
@@ -125,7 +125,7 @@ def test_notebook_launcher_gives_the_single_process_losses(tmp_path):
 
         def run(out):
             m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-            cfg = FinetuneConfig(features="digits-a", timesteps=2, batch_size=8, iterations=2, lr=1e-3, out=out,
+            cfg = FinetuneConfig(features="digits-a", budget=2, batch_size=8, iterations=2, lr=1e-3, out=out,
                                  device="cpu")
             finetune(m, mmdlib.digits_dataset("train"), cfg, progress=False)
 

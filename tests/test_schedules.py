@@ -47,11 +47,11 @@ def test_budget_out_of_range(budget):
         mmdlib.timestep_subset(budget, 1000)
 
 
-def test_unknown_kind_lists_known():
-    with pytest.raises(mmdlib.MMDLibError, match="unknown timestep subset kind 'cosine'; known kinds: linear, quadratic"):
+def test_unknown_spacing_lists_known():
+    with pytest.raises(mmdlib.MMDLibError, match="unknown timestep spacing 'cosine'; known: linear, quadratic"):
         mmdlib.timestep_subset(5, 1000, "cosine")
 
 
 def test_quadratic_repeats_are_refused():
-    with pytest.raises(mmdlib.MMDLibError, match="quadratic subset of 200 steps"):
+    with pytest.raises(mmdlib.MMDLibError, match="quadratic spacing of 200 steps"):
         mmdlib.timestep_subset(200, 1000, "quadratic")

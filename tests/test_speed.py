@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 def _finetuner(tmp_path, **kw):
     model = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-    cfg = FinetuneConfig(features="digits-a", timesteps=3, batch_size=16, out=str(tmp_path / str(kw)), device="cpu",
+    cfg = FinetuneConfig(features="digits-a", budget=3, batch_size=16, out=str(tmp_path / str(kw)), device="cpu",
                          **kw)
     return Finetuner(model, mmdlib.digits_dataset("train"), cfg, progress=False)
 

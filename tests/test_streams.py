@@ -113,7 +113,7 @@ def test_evaluating_a_finetuned_model_never_feeds_it_a_latent_it_was_trained_on(
     folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=2)
     model, steps = load_model(str(folder)), mmdlib.timestep_subset(2)
     trained, scored = [], []
-    cfg = FinetuneConfig(model=str(folder), dataset="digits", split="test", features="digits-a", timesteps=2,
+    cfg = FinetuneConfig(model=str(folder), dataset="digits", split="test", features="digits-a", budget=2,
                          batch_size=8, lr=1e-3, iterations=12, device="cpu", out=str(tmp_path / "run"),
                          sample_every=1000, save_every=1000)
     ft = Finetuner(model, mmdlib.digits_dataset("test"), cfg, progress=False)
@@ -137,7 +137,7 @@ def test_evaluating_a_finetuned_model_never_feeds_it_a_latent_it_was_trained_on(
 def test_a_stochastic_finetune_records_its_sampler_and_eta(tmp_path):
     folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=2)
     for sampler, eta in (("ddpm", 0.0), ("ddim", 0.5)):
-        cfg = FinetuneConfig(model=str(folder), dataset="digits", split="test", features="digits-a", timesteps=2,
+        cfg = FinetuneConfig(model=str(folder), dataset="digits", split="test", features="digits-a", budget=2,
                              batch_size=4, iterations=1, device="cpu", out=str(tmp_path / sampler), sampler=sampler,
                              eta=eta)
         out = Finetuner(load_model(str(folder)), mmdlib.digits_dataset("test"), cfg, progress=False).run()
