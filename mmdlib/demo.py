@@ -13,18 +13,11 @@ from .finetune import Finetuner
 from .models import load_model, save_pipeline
 from .plots import save_grid
 from .presets import get_preset
+from .report import gap_closed
 
 PRESET = get_preset("digits")
 DEMO = PRESET.finetune
 MEASURED_IN = PRESET.measure
-
-
-def gap_closed(before: dict, after: dict, budget: int, space: str = MEASURED_IN,
-               reference: int = PRESET.reference_budget) -> float:
-    """Share of the base model's budget-to-reference FID gap that finetuning closes (1 = the finetuned
-    model at ``budget`` steps matches the base model at ``reference`` steps)."""
-    gap = before[budget][space]["fid"] - before[reference][space]["fid"]
-    return (before[budget][space]["fid"] - after[budget][space]["fid"]) / gap if gap > 0 else float("nan")
 
 
 def run_demo(out: str | Path, budget: int = DEMO.budget, iterations: int = DEMO.iterations,
@@ -46,11 +39,12 @@ def run_demo(out: str | Path, budget: int = DEMO.budget, iterations: int = DEMO.
     after = evaluate(ft.model, evaluation, budgets=budgets, progress=progress)
     save_grid(grid_samples(ft.model, budget), out / f"samples_after_{budget}steps.png")
     save_grid(digits_dataset("all").images[:64], out / "samples_real.png")
+    fid_before, fid_after, fid_reference = (r[b][MEASURED_IN]["fid"] for r, b in
+                                            ((before, budget), (after, budget), (before, reference)))
     metrics = {
         "budget": budget, "feature_space": MEASURED_IN, "optimised_space": cfg.features,
-        "fid_before": before[budget][MEASURED_IN]["fid"], "fid_after": after[budget][MEASURED_IN]["fid"],
-        "fid_reference": before[reference][MEASURED_IN]["fid"], "reference_budget": reference,
-        "gap_closed": gap_closed(before, after, budget),
+        "fid_before": fid_before, "fid_after": fid_after, "fid_reference": fid_reference,
+        "reference_budget": reference, "gap_closed": gap_closed(fid_before, fid_after, fid_reference),
         "n_samples": n, "seeds": list(evaluation.seeds), "reference": "digits/all (1,797 images)",
         "before": {str(b): v for b, v in before.items()}, "after": {str(b): v for b, v in after.items()},
         "config": dataclasses.asdict(cfg), "evaluation": dataclasses.asdict(evaluation),

@@ -71,12 +71,17 @@ def test_evaluate_returns_a_plain_dict_and_a_table():
     assert evaluate(m, cfg, progress=False) == res
 
 
-def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path):
+def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path, monkeypatch):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torch_fidelity.metric_isc import isc_features_to_metric
 
     from helpers import write_random_inception_weights
+    from mmdlib.data import TensorImages
 
+    # 30 real images, in a cache of this test's own: Inception at 299x299 is slow on a CPU
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("mmdlib.data.get_dataset", lambda *a, **k: TensorImages(
+        mmdlib.digits_dataset("test").images[:30]))
     write_random_inception_weights(tmp_path / "w.pth")
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                       feature_extractor_weights_path=str(tmp_path / "w.pth"))
