@@ -210,7 +210,9 @@ class Finetuner:
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                     **({"fused": True} if self.speed.fused_adam else {}))
         self.iteration = 0
-        ckpt = self.folder.load(self.device) if resuming else None
+        # onto the CPU: load_state_dict moves it where the parameters are (accelerate names the CPU "cpu:0",
+        # which torch.load cannot map to)
+        ckpt = self.folder.load("cpu") if resuming else None
         if ckpt is not None:
             self.unet.load_state_dict(ckpt["unet"])
             self.opt.load_state_dict(ckpt["optimizer"])

@@ -104,7 +104,8 @@ def test_demo_end_to_end_in_smoke_mode(tmp_path, monkeypatch):
     from diffusers import DDIMPipeline
 
     monkeypatch.setenv("MMDLIB_SMOKE", "1")
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "2", "--n", "200"]) in (0, None)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "2", "--n", "100",
+                 "--seeds", "1"]) in (0, None)
     out = tmp_path / "demo"
     m = json.loads((out / "metrics.json").read_text())
     assert {"fid_before", "fid_after", "feature_space", "budget"} <= set(m) and m["budget"] == 5

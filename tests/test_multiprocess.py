@@ -2,6 +2,7 @@
 weights as one process with the whole batch."""
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -52,35 +53,42 @@ def losses(out):
     return [float(r["loss"]) for r in csv.DictReader((out / "log.csv").open())]
 
 
-def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path, tiny_model_dir):
-    one = launch(1, finetune_args(tiny_model_dir, tmp_path / "one"))
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = launch(2, finetune_args(tiny_model_dir, tmp_path / "two"))
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
-    a = mmdlib.load_model(str(tmp_path / "one" / "finetuned")).unet.state_dict()
-    b = mmdlib.load_model(str(tmp_path / "two" / "finetuned")).unet.state_dict()
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_model_dir) -> dict[int, Path]:
+    """2 iterations on 1 process and on 2 processes (the resume test copies them on)."""
+    runs = {}
+    for n in (1, 2):
+        runs[n] = tmp_path_factory.mktemp("runs") / f"p{n}"
+        res = launch(n, finetune_args(tiny_model_dir, runs[n]))
+        assert res.returncode == 0, res.stderr[-3000:]
+    return runs
+
+
+def test_two_processes_equal_one_process_with_the_whole_batch(two_runs):
+    one, two = two_runs[1], two_runs[2]
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    a = mmdlib.load_model(str(one / "finetuned")).unet.state_dict()
+    b = mmdlib.load_model(str(two / "finetuned")).unet.state_dict()
     start = make_tiny_unet(1, 8).state_dict()
     assert not torch.allclose(a["conv_in.weight"], start["conv_in.weight"])
     assert_same_weights(a, b)
     # only the main process wrote: one log row per iteration
-    assert len(losses(tmp_path / "two")) == 2
+    assert len(losses(two)) == 2
 
 
-def test_resume_with_a_different_number_of_processes(tmp_path, tiny_model_dir):
-    # 2 iterations on 2 processes, then resumed to 4 on 1 process == 4 iterations on 1 process.
-    first = launch(2, finetune_args(tiny_model_dir, tmp_path / "r"))
-    assert first.returncode == 0, first.stderr[-3000:]
-    more = finetune_args(tiny_model_dir, tmp_path / "r", "--resume")
-    more[more.index("--iterations") + 1] = "4"
-    assert launch(1, more).returncode == 0
-    straight = finetune_args(tiny_model_dir, tmp_path / "s")
-    straight[straight.index("--iterations") + 1] = "4"
-    assert launch(1, straight).returncode == 0
-    assert losses(tmp_path / "r") == pytest.approx(losses(tmp_path / "s"), rel=1e-5)
-    a = mmdlib.load_model(str(tmp_path / "s" / "finetuned")).unet.state_dict()
-    b = mmdlib.load_model(str(tmp_path / "r" / "finetuned")).unet.state_dict()
-    assert_same_weights(a, b)
+def test_resume_with_a_different_number_of_processes(tmp_path, tiny_model_dir, two_runs):
+    # the 2-process run resumed to 4 iterations on 1 process == the 1-process run resumed on 2 processes
+    # (and resuming on the same count reaches an uninterrupted run's weights: test_finetune)
+    for started, resumed_on in ((2, 1), (1, 2)):
+        out = shutil.copytree(two_runs[started], tmp_path / f"{started}-then-{resumed_on}")
+        more = finetune_args(tiny_model_dir, out, "--resume")
+        more[more.index("--iterations") + 1] = "4"
+        res = launch(resumed_on, more)
+        assert res.returncode == 0, res.stderr[-3000:]
+    a, b = tmp_path / "2-then-1", tmp_path / "1-then-2"
+    assert len(losses(a)) == 4 and losses(a) == pytest.approx(losses(b), rel=1e-5)
+    assert_same_weights(mmdlib.load_model(str(a / "finetuned")).unet.state_dict(),
+                        mmdlib.load_model(str(b / "finetuned")).unet.state_dict())
 
 
 def test_a_failing_rank_leaves_no_half_written_checkpoint(tmp_path, tiny_model_dir):
