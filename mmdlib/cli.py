@@ -117,12 +117,17 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     cfg = EvalConfig(dataset=a.dataset, split=a.split, data_root=a.data_root, budgets=budgets,
                      spaces=tuple(a.features.split(",")), n=a.n, seeds=a.seeds, sampler=a.sampler, eta=a.eta,
                      timestep_spacing=a.timestep_spacing, precision=a.precision).check()
+    out = Path(a.out) if a.out else None
+    if out is not None and (out.is_dir() or (out.parent.exists() and not out.parent.is_dir())):
+        raise MMDLibError(f"--out {a.out!r} must name a file (the results' JSON), not a folder or a path through a "
+                          f"file; nothing was computed.")
     model = load_model(a.model)
     res = evaluate(model, cfg, weights_path=a.inception_weights, download=a.download)
     text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
+    if out is not None:
+        from .cache import atomic_write
+
+        atomic_write(out, lambda tmp: tmp.write_text(text))
     print(text)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import os
 import time
 from pathlib import Path
@@ -96,8 +97,11 @@ class FinetuneConfig:
                 raise MMDLibError(f"unknown {field} setting {getattr(self, field)!r}; known: {', '.join(known)}.")
         if self.memory_gib is not None and not self.memory_gib > 0:
             raise MMDLibError(f"memory_gib must be > 0 (GiB the run may use), got {self.memory_gib}.")
-        if not self.lr > 0:
-            raise MMDLibError(f"learning rate must be > 0, got {self.lr}.")
+        if not 0 < self.lr < math.inf:
+            raise MMDLibError(f"learning rate must be a finite number > 0, got {self.lr}.")
+        if not 0 < self.grad_clip < math.inf:
+            raise MMDLibError(f"grad_clip (the largest gradient norm) must be a finite number > 0, got "
+                              f"{self.grad_clip}; the paper's code clips at 0.5.")
         sampler_kwargs(self.sampler, self.eta)
         stream_seed("train", self.seed, 0)  # the seed is in range
         if self.iterations * self.batch_size > MAX_INDEX + 1:
@@ -197,7 +201,7 @@ class Finetuner:
             raise MMDLibError(f"batch size {cfg.batch_size} (the global batch) does not divide among "
                               f"{self.procs.world} processes; use a multiple of {self.procs.world}.")
         self.folder = RunFolder(cfg.out, main=self.procs.main)
-        resuming = self.folder.check(cfg.run_identity(), resume, overwrite)  # every rank, before any work
+        resuming = self.folder.check(cfg.run_identity(), resume, overwrite, cfg.iterations)  # every rank, first
         self.progress = progress and self.procs.main
         self.device = self.procs.device(cfg.device)
         self.timesteps = timestep_subset(cfg.budget, model.T, cfg.timestep_spacing)

@@ -57,11 +57,20 @@ class RunFolder:
             return record["iteration"]
         return _load_plain(self.checkpoint, "cpu")["iteration"]  # folders written before run.json kept it
 
-    def check(self, identity: dict, resume: bool, overwrite: bool) -> bool:
+    def check(self, identity: dict, resume: bool, overwrite: bool, iterations: int | None = None) -> bool:
         """Whether to continue the run the folder holds (True) or start afresh; refuses, changing nothing,
-        a folder holding a run unless ``resume`` (with the same ``identity``) or ``overwrite`` is given."""
+        a folder holding a run unless ``resume`` (with the same ``identity``, to at least its saved
+        iteration) or ``overwrite`` is given, and a folder holding files a run writes but no run.json (they
+        are someone else's: neither overwritten nor deleted)."""
         old = self.record()
-        if old is None or overwrite:
+        if old is None:
+            foreign = [name for name in WRITTEN if (self.path / name).exists()]
+            if foreign:
+                raise MMDLibError(f"the output folder {str(self.path)!r} holds {', '.join(foreign)} but no run.json, "
+                                  f"so they are not an mmdlib run's; nothing was changed or deleted. Choose another "
+                                  f"--out, or move them away.")
+            return False
+        if overwrite:
             return False
         if not resume:
             raise MMDLibError(f"the output folder {str(self.path)!r} already holds a run (iteration "
@@ -71,6 +80,11 @@ class RunFolder:
         if diff:
             raise MMDLibError(f"the output folder {str(self.path)!r} holds a different run; these settings differ "
                               f"(saved, requested): {diff}. Use another --out, or --overwrite. Nothing was changed.")
+        saved = self.saved_iteration()
+        if iterations is not None and iterations < saved:
+            raise MMDLibError(f"the run in {str(self.path)!r} is at iteration {saved}; resuming cannot undo iterations, "
+                              f"so --iterations {iterations} is refused. Ask for {saved} or more, or start again with "
+                              f"--overwrite. Nothing was changed.")
         return True
 
     def load(self, map_location) -> dict | None:
