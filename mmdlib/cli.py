@@ -18,8 +18,9 @@ HELP = {
     "features": "feature space of the MMD loss: inception, clip, digits-a, digits-b",
     "kernel": "MMD kernel: cubic (paper default), linear, rbf",
     "budget": "the sampling budget |tau| to finetune for (diffusers' num_inference_steps)",
-    "timestep_spacing": "which |tau| of the T timesteps: linear (DDIM uniform) or quadratic",
-    "sampler": "sampler differentiated through: ddim or ddpm",
+    "timestep_spacing": "which |tau| of the T timesteps: auto (the sampler's own: linear for ddim and ddpm, trailing "
+                        "for dpmpp2m and unipc), linear (DDIM uniform), quadratic or trailing",
+    "sampler": "sampler differentiated through: ddim, ddpm, dpmpp2m (DPM-Solver++(2M)) or unipc",
     "eta": "DDIM eta (0 = deterministic DDIM, the paper's setting)",
     "batch_size": "generated and real images per iteration",
     "lr": "Adam learning rate",
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=e.n, help="generated samples per budget and seed")
     ev.add_argument("--seeds", type=int, default=len(e.seeds),
                     help="number of evaluation seeds, 0..k-1 (mean and std are reported)")
-    ev.add_argument("--sampler", default=e.sampler, help="ddim or ddpm")
+    ev.add_argument("--sampler", default=e.sampler, help="ddim, ddpm, dpmpp2m or unipc")
     ev.add_argument("--eta", type=float, default=e.eta, help="DDIM eta (ddim only)")
     ev.add_argument("--timestep-spacing", *ALIASES["timestep_spacing"], dest="timestep_spacing",
                     default=e.timestep_spacing, help=HELP["timestep_spacing"])

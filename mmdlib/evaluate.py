@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from .errors import MMDLibError
 from .features import FeatureExtractor
-from .sampling import sample_seeded, sampler_kwargs, to_unit
-from .schedules import TIMESTEP_SPACINGS, timestep_subset
+from .sampling import resolve_spacing, sample_seeded, sampler_kwargs, to_unit
+from .schedules import timestep_subset
 from .speed import Speed
 from .streams import stream_seeds
 
@@ -40,7 +40,7 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)  # evaluation seeds (an int k means 0..k-1); mean and std over them
     sampler: str = "ddim"
     eta: float = 0.0
-    timestep_spacing: str = "linear"  # which |tau| timesteps a budget visits (TIMESTEP_SPACINGS)
+    timestep_spacing: str = "auto"  # which |tau| timesteps a budget visits: the sampler's own, or TIMESTEP_SPACINGS
     precision: str = "fp32"  # "bf16": sample and embed under bf16 autocast (faster on GPUs, not exact)
 
     def __post_init__(self):
@@ -62,11 +62,10 @@ class EvalConfig:
         for s in self.spaces:
             if s not in FEATURES:
                 raise MMDLibError(f"unknown feature space {s!r}; known: {', '.join(FEATURES)}.")
-        if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise MMDLibError(f"unknown timestep spacing {self.timestep_spacing!r}; known: {', '.join(TIMESTEP_SPACINGS)}.")
         if self.precision not in EVAL_PRECISIONS:
             raise MMDLibError(f"unknown evaluation precision {self.precision!r}; known: {', '.join(EVAL_PRECISIONS)}.")
         sampler_kwargs(self.sampler, self.eta)
+        resolve_spacing(self.sampler, self.timestep_spacing)
         for seed in self.seeds:
             stream_seeds("eval", seed, [0, self.n - 1])
         return self
@@ -101,13 +100,13 @@ def generate(model: Callable, n: int, timesteps: Sequence[int], alphas_cumprod: 
     return torch.cat(out)
 
 
-def grid_samples(model, budget: int, n: int = 64, seed: int = 0, timestep_spacing: str = "linear", sampler: str = "ddim",
+def grid_samples(model, budget: int, n: int = 64, seed: int = 0, timestep_spacing: str = "auto", sampler: str = "ddim",
                  eta: float = 0.0, device=None) -> torch.Tensor:
     """``n`` samples [n, C, H, W] in [0, 1] of a ``LoadedModel`` from the fixed noise of the "grid" stream,
     sampled where the model is (or on ``device``): the same noise at every call, so two models (or one model
     during finetuning) can be compared side by side; never a training or an evaluation latent."""
     device = device or next(model.unet.parameters()).device
-    return generate(model.unet.to(device), n, timestep_subset(budget, model.T, timestep_spacing), model.alphas_cumprod,
+    return generate(model.unet.to(device), n, timestep_subset(budget, model.T, resolve_spacing(sampler, timestep_spacing)), model.alphas_cumprod,
                     model.sample_shape, sampler=sampler, seed=seed, device=device, purpose="grid",
                     **sampler_kwargs(sampler, eta))
 
@@ -253,7 +252,7 @@ def evaluate(model, config: EvalConfig | None = None, *, weights_path: str | Non
     cfg = dataclasses.replace(config or EvalConfig(), **settings).check()
     data_kw = {**({"root": cfg.data_root} if cfg.data_root else {}), **({"download": True} if download else {})}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    steps = {b: timestep_subset(b, model.T, cfg.timestep_spacing) for b in cfg.budgets}  # refuses a bad budget first
+    steps = {b: timestep_subset(b, model.T, resolve_spacing(cfg.sampler, cfg.timestep_spacing)) for b in cfg.budgets}  # refuses a bad budget first
     extractors = extractors_for(cfg.spaces, device, weights_path)
     refs = {s: reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw)
             for s in cfg.spaces}

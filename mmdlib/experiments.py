@@ -101,7 +101,7 @@ def scores(run: Run, config: EvalConfig | None = None, progress: bool = True, **
     return evaluate(run.model, config, device=pick_device(), progress=progress, cache=True, **settings)
 
 
-def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 0, timestep_spacing: str = "linear",
+def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 0, timestep_spacing: str = "auto",
                        sampler: str = "ddim", eta: float = 0.0) -> torch.Tensor:
     """``evaluate.grid_samples`` of ``run``'s model on the default device: call it on two runs to compare them."""
     return grid_samples(run.model, budget, n, seed, timestep_spacing, sampler, eta, device=pick_device())

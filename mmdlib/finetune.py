@@ -29,7 +29,7 @@ from .models import LoadedModel, save_pipeline
 from .plots import save_grid
 from .real_features import PrecomputedReal, StreamedReal, real_feature_source
 from .runfolder import RunFolder
-from .sampling import SAMPLERS, sample_seeded, sampler_kwargs
+from .sampling import SAMPLERS, resolve_spacing, sample_seeded, sampler_kwargs
 from .schedules import TIMESTEP_SPACINGS, timestep_subset
 from .speed import COMPILE, PRECISIONS, plan_memory, resolve_speed
 from .streams import MAX_INDEX, stream_seed, stream_seeds
@@ -58,7 +58,7 @@ class FinetuneConfig:
     features: str = _setting("inception", "method")
     kernel: str = _setting("cubic", "method")
     budget: int = _setting(5, "method")  # |tau|, the sampling steps (diffusers' num_inference_steps)
-    timestep_spacing: str = _setting("linear", "method")  # which |tau| timesteps (TIMESTEP_SPACINGS)
+    timestep_spacing: str = _setting("auto", "method")  # which |tau| timesteps: the sampler's own, or one of TIMESTEP_SPACINGS
     sampler: str = _setting("ddim", "method")
     eta: float = _setting(0.0, "method")
     batch_size: int = _setting(128, "method")
@@ -82,7 +82,7 @@ class FinetuneConfig:
 
     def check(self) -> "FinetuneConfig":
         """Refuse bad values with a message naming the value and what is allowed."""
-        for field, known in (("features", FEATURES), ("kernel", KERNELS), ("timestep_spacing", TIMESTEP_SPACINGS),
+        for field, known in (("features", FEATURES), ("kernel", KERNELS), ("timestep_spacing", ("auto", *TIMESTEP_SPACINGS)),
                              ("sampler", SAMPLERS)):
             if getattr(self, field) not in known:
                 raise MMDLibError(f"unknown {field} {getattr(self, field)!r}; known: {', '.join(known)}.")
@@ -110,10 +110,15 @@ class FinetuneConfig:
                               f"batch.")
         return self
 
+    @property
+    def spacing(self) -> str:
+        """The timestep spacing in force: ``timestep_spacing``, with "auto" resolved to the sampler's own."""
+        return resolve_spacing(self.sampler, self.timestep_spacing)
+
     def run_identity(self) -> dict:
         """What makes two runs the same run: the fields declared part of the identity (``_setting``)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
-        d["adam_betas"] = list(d["adam_betas"])
+        d["adam_betas"], d["timestep_spacing"] = list(d["adam_betas"]), self.spacing
         return d
 
 
@@ -204,7 +209,7 @@ class Finetuner:
         resuming = self.folder.check(cfg.run_identity(), resume, overwrite, cfg.iterations)  # every rank, first
         self.progress = progress and self.procs.main
         self.device = self.procs.device(cfg.device)
-        self.timesteps = timestep_subset(cfg.budget, model.T, cfg.timestep_spacing)
+        self.timesteps = timestep_subset(cfg.budget, model.T, cfg.spacing)
         self.speed = resolve_speed(cfg.precision, cfg.compile, self.device)
         self.unet = self.speed.place(copy.deepcopy(model.unet), self.device).eval()
         self.model = dataclasses.replace(model, unet=self.unet)
@@ -312,7 +317,7 @@ class Finetuner:
         the main process."""
         if not self.procs.main:
             return None
-        x = grid_samples(self.model, self.cfg.budget, timestep_spacing=self.cfg.timestep_spacing, sampler=self.cfg.sampler,
+        x = grid_samples(self.model, self.cfg.budget, timestep_spacing=self.cfg.spacing, sampler=self.cfg.sampler,
                          eta=self.cfg.eta, device=self.device)
         return save_grid(x, self.folder.path / "samples" / f"{name}.png")
 
@@ -341,7 +346,7 @@ class Finetuner:
         bar.close()
         path = self.folder.path / "finetuned"
         if self.procs.main:
-            save_pipeline(self.unet, path, cfg.budget, self.model.alphas_cumprod, cfg.timestep_spacing,
+            save_pipeline(self.unet, path, cfg.budget, self.model.alphas_cumprod, cfg.spacing,
                           meta={"finetune": dataclasses.asdict(self.cfg)}, sampler=cfg.sampler, eta=cfg.eta)
         self.procs.barrier()
         return path

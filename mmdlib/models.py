@@ -123,42 +123,61 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
 
 
 def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alphas_cumprod: torch.Tensor | None = None,
-                  timestep_spacing: str = "linear", meta: dict | None = None, sampler: str = "ddim", eta: float = 0.0) -> Path:
-    """Write ``model`` as a folder that ``diffusers.DiffusionPipeline.from_pretrained`` loads.
+                  timestep_spacing: str = "auto", meta: dict | None = None, sampler: str = "ddim",
+                  eta: float = 0.0) -> Path:
+    """Write ``model`` as a folder that ``diffusers.DiffusionPipeline.from_pretrained`` loads, with the
+    scheduler that makes ``pipe(num_inference_steps=budget)`` visit ``timestep_subset(budget, T, spacing)``,
+    the steps mmdlib's sampler used (spacing "auto": the sampler's own, ``sampling.SPACING``):
 
-    ``sampler="ddim"`` writes a DDIMPipeline whose DDIMScheduler (set_alpha_to_one, no clipping, "leading"
-    spacing, offset 0) makes ``pipe(num_inference_steps=budget, eta=eta)`` visit exactly
-    ``timestep_subset(budget, T, timestep_spacing)``, the steps ``ddim_sample`` used; ``"ddpm"`` a DDPMPipeline
-    (fixed-small variance, no clipping, the same spacing) that ``ddpm_sample`` equals. Called with the
-    generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic steps included.
-    ``mmdlib.json`` records the budget, its timesteps, the sampler and eta (pass the recorded eta to a
-    DDIMPipeline: it is a call argument, not part of the scheduler's config).
+    - ``"ddim"``: a DDIMPipeline (DDIMScheduler: set_alpha_to_one, no clipping, offset 0); pass the recorded
+      eta to the call (it is a call argument, not part of the scheduler's config);
+    - ``"ddpm"``: a DDPMPipeline (DDPMScheduler, fixed-small variance, no clipping);
+    - ``"dpmpp2m"``, ``"unipc"``: a DDPMPipeline with a DPMSolverMultistepScheduler (DPM-Solver++, order 2,
+      midpoint) or a UniPCMultistepScheduler (bh2, order 2), both data prediction with a first-order last
+      step onto sigma = 0. diffusers 0.42's DDPMPipeline passes ``generator=`` to the scheduler's step, which
+      UniPC's does not take: step ``pipe.scheduler`` in a loop of your own (the book shows it).
+
+    Called with the generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic
+    steps included. ``mmdlib.json`` records the budget, its timesteps, the spacing, the sampler and eta. A
+    spacing the scheduler cannot express (quadratic; linear for the solvers) is written as the sampler's
+    own, with a warning: sample with mmdlib and the recorded timesteps.
     """
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
+    from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,
+                           UniPCMultistepScheduler)
 
-    from .sampling import sampler_kwargs
+    from .sampling import SPACING, resolve_spacing, sampler_kwargs
 
     sampler_kwargs(sampler, eta)  # a known sampler, and eta only where it applies
-    if sampler not in ("ddim", "ddpm"):
-        raise MMDLibError(f"save_pipeline writes ddim and ddpm pipelines, not {sampler!r}.")
+    spacing = resolve_spacing(sampler, timestep_spacing)
     ac = _alphas_cumprod(linear_betas()) if alphas_cumprod is None else torch.as_tensor(alphas_cumprod).double()
     T = len(ac)
-    steps = timestep_subset(budget, T, timestep_spacing)
-    if timestep_spacing != "linear":
-        warnings.warn(f"{timestep_spacing} spacing cannot be expressed in the scheduler's config: the pipeline will use "
-                      f"linear spacing; sample with mmdlib and the timesteps in {META_FILE}.")
+    steps = timestep_subset(budget, T, spacing)
+    # mmdlib's spacing -> the scheduler's name for it, where it has one
+    expressible = {"trailing": "trailing", **({"linear": "leading"} if sampler in ("ddim", "ddpm") else {})}
+    if spacing not in expressible:
+        warnings.warn(f"{spacing} spacing cannot be expressed in the {sampler} scheduler's config: the pipeline will "
+                      f"use {SPACING[sampler]} spacing; sample with mmdlib and the timesteps in {META_FILE}.")
     if torch.allclose(ac, _alphas_cumprod(linear_betas(T)), rtol=1e-12, atol=0):
         betas = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
     else:
         betas = {"trained_betas": (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()}
-    common = dict(num_train_timesteps=T, clip_sample=False, timestep_spacing="leading", steps_offset=0, **betas)
+    common = dict(num_train_timesteps=T, timestep_spacing=expressible.get(spacing, expressible[SPACING[sampler]]),
+                  steps_offset=0, **betas)
+    solver = dict(solver_order=2, lower_order_final=True, final_sigmas_type="zero")
     if sampler == "ddim":
-        pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler(set_alpha_to_one=True, **common))
+        pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler(set_alpha_to_one=True, clip_sample=False, **common))
+    elif sampler == "ddpm":
+        pipe = DDPMPipeline(unet=model, scheduler=DDPMScheduler(variance_type="fixed_small", clip_sample=False,
+                                                                **common))
+    elif sampler == "dpmpp2m":
+        pipe = DDPMPipeline(unet=model, scheduler=DPMSolverMultistepScheduler(
+            algorithm_type="dpmsolver++", solver_type="midpoint", **solver, **common))
     else:
-        pipe = DDPMPipeline(unet=model, scheduler=DDPMScheduler(variance_type="fixed_small", **common))
+        pipe = DDPMPipeline(unet=model, scheduler=UniPCMultistepScheduler(solver_type="bh2", predict_x0=True,
+                                                                          **solver, **common))
     path = Path(path)
     pipe.save_pretrained(path)
-    record = {"budget": budget, "timestep_spacing": timestep_spacing, "timesteps": steps, "num_inference_steps": budget,
+    record = {"budget": budget, "timestep_spacing": spacing, "timesteps": steps, "num_inference_steps": budget,
               "sampler": sampler, "eta": float(eta) if sampler == "ddim" else None, **(meta or {})}
     (path / META_FILE).write_text(json.dumps(record, indent=1))
     return path

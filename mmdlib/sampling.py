@@ -1,4 +1,5 @@
-"""Short, differentiable samplers: DDIM and ancestral DDPM over a timestep subset (paper Fig. 2).
+"""Short, differentiable samplers over a timestep subset (paper Fig. 2): DDIM and ancestral DDPM, and the
+multistep ODE solvers DPM-Solver++(2M) and UniPC.
 
 Plain functions with no hidden state and no ``no_grad`` inside, so the same code samples and is
 differentiated through (MMD-DDM backpropagates the loss through the whole chain). Noise comes from
@@ -16,7 +17,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .errors import MMDLibError
-from .schedules import check_timesteps
+from .schedules import TIMESTEP_SPACINGS, check_timesteps
 
 Generator = Union[None, torch.Generator, Sequence[torch.Generator]]
 
@@ -146,6 +147,96 @@ def ddpm_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], 
     return _chain(step, noise, steps, ac, sigma_fn, checkpoint, generator)
 
 
+# Multistep solvers of the diffusion ODE in data prediction, as diffusers' DPMSolverMultistepScheduler and
+# UniPCMultistepScheduler step them (their defaults: order 2, a first-order last step onto sigma = 0).
+# Notation of DPM-Solver (Lu et al. 2022, Sec. 2): x_t = alpha_t x_0 + sigma_t eps, lambda_t = log(alpha_t /
+# sigma_t); x_theta(x_t, t) = (x_t - sigma_t eps_theta) / alpha_t is the data prediction.
+
+def _vp(ac: torch.Tensor, steps: list[int]) -> tuple[list[float], list[float], list[float]]:
+    """alpha, sigma and lambda at the descending ``steps``, then at the end point sigma = 0 (x_0 itself)."""
+    a = [math.sqrt(float(ac[t])) for t in reversed(steps)] + [1.0]
+    s = [math.sqrt(1.0 - float(ac[t])) for t in reversed(steps)] + [0.0]
+    lam = [math.log(ai / si) for ai, si in zip(a[:-1], s[:-1])] + [math.inf]
+    return a, s, lam
+
+
+def _multistep_chain(step: Callable, state: tuple, n: int, checkpoint: bool | int) -> torch.Tensor:
+    """Run ``state = step(i, *state)`` for i = 0..n-1 (state[0] is x; the rest is what the solver carries
+    from step to step), recomputing the first k steps in backward."""
+    k = _checkpointed(checkpoint, n)
+    for i in range(n):
+        if i < k and torch.is_grad_enabled():
+            state = _checkpoint(step, i, *state, use_reentrant=False)
+        else:
+            state = step(i, *state)
+    return state[0]
+
+
+def dpmpp_2m_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
+                    checkpoint: bool | int = False, generator: Generator = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2, "midpoint" form) from x_T = ``noise`` over ascending
+    ``timesteps``; the first step is first order (no history yet) and so is the last, onto sigma = 0, where
+    it returns the data prediction. Deterministic (``generator`` is accepted and unused). Equals diffusers'
+    ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero")``."""
+    steps, ac = _check(noise, timesteps, alphas_cumprod)
+    a, s, lam = _vp(ac, steps)
+    ts, n = steps[::-1], len(steps)
+
+    def step(i, x, m_prev):
+        m = (x - s[i] * predict_eps(model, x, ts[i])) / a[i]  # x_theta(x_t_i, t_i)
+        if i == n - 1:
+            return m, m  # sigma = 0: the first-order step lands on the data prediction
+        h = lam[i + 1] - lam[i]
+        d = m if m_prev is None else m + (m - m_prev) * (h / (lam[i] - lam[i - 1])) / 2  # D0 + D1 / 2, r = h_{i-1} / h
+        return s[i + 1] / s[i] * x - a[i + 1] * math.expm1(-h) * d, m  # Algorithm 2, line 6 (first order: eq. 9)
+
+    return _multistep_chain(step, (noise, None), n, checkpoint)
+
+
+def _unipc_rhos(h: float, r: float | None) -> tuple[float, ...]:
+    """UniC's weights (Zhao et al. 2023, Algorithm 2 with B(h) = e^{-h} - 1, "bh2"): 1/2 at order 1; at order 2
+    the solution of [[1, 1], [r, 1]] rho = (phi_2, 2 phi_3) / B(h) in the data-prediction phi functions."""
+    if r is None:
+        return (0.5,)
+    hh = -h
+    b_h = math.expm1(hh)
+    phi_2 = math.expm1(hh) / hh - 1
+    phi_3 = phi_2 / hh - 0.5
+    b1, b2 = phi_2 / b_h, 2 * phi_3 / b_h
+    rho_1 = (b1 - b2) / (1 - r)
+    return rho_1, b1 - rho_1
+
+
+def unipc_sample(model: Callable, noise: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
+                 checkpoint: bool | int = False, generator: Generator = None) -> torch.Tensor:
+    """UniPC (Zhao et al. 2023; B(h) = bh2, order 2, data prediction) from x_T = ``noise`` over ascending
+    ``timesteps``. Each model evaluation first corrects the previous step (UniC, reusing that evaluation: no
+    extra cost), then predicts the next (UniP); orders rise from 1 as history accrues and the last step is
+    first order onto sigma = 0 (no corrector after it). Deterministic (``generator`` is accepted and unused).
+    Equals diffusers' ``UniPCMultistepScheduler(solver_type="bh2", solver_order=2, final_sigmas_type="zero")``."""
+    steps, ac = _check(noise, timesteps, alphas_cumprod)
+    a, s, lam = _vp(ac, steps)
+    ts, n = steps[::-1], len(steps)
+    order = [min(2, n - i, i + 1) for i in range(n)]  # UniP's order at step i (warm-up, lower order at the end)
+
+    def step(i, x, x_last, m1, m2):
+        # x: UniP's x_t_i; x_last: the corrected x_t_{i-1} it came from; m1, m2: x_theta at t_{i-1}, t_{i-2}
+        m = (x - s[i] * predict_eps(model, x, ts[i])) / a[i]  # x_theta at t_i, on the uncorrected x
+        if i == n - 1:
+            return m, x, m, m1  # sigma = 0: UniP of order 1 lands on the data prediction (a correction would not count)
+        if i > 0:  # UniC: correct x_t_i with the new evaluation, at the order of the UniP step that made it
+            h = lam[i] - lam[i - 1]
+            r = (lam[i - 2] - lam[i - 1]) / h if order[i - 1] == 2 else None
+            rho = _unipc_rhos(h, r)
+            res = rho[-1] * (m - m1) + (rho[0] * (m2 - m1) / r if r is not None else 0)
+            x = s[i] / s[i - 1] * x_last - a[i] * math.expm1(-h) * (m1 + res)
+        h = lam[i + 1] - lam[i]
+        pred = m if order[i] == 1 else m + 0.5 * (m1 - m) / ((lam[i - 1] - lam[i]) / h)  # UniP, rho_p = 1/2
+        return s[i + 1] / s[i] * x - a[i + 1] * math.expm1(-h) * pred, x, m, m1
+
+    return _multistep_chain(step, (noise, None, None, None), n, checkpoint)
+
+
 def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of two latents x_T (paper eq. 8)."""
     a, b = x0.flatten(), x1.flatten()
@@ -154,7 +245,8 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float | torch.Tensor) -> to
     return (torch.sin((1 - alpha) * theta) * x0 + torch.sin(alpha * theta) * x1) / torch.sin(theta)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": ddim_sample, "ddpm": ddpm_sample}
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": ddim_sample, "ddpm": ddpm_sample,
+                                                    "dpmpp2m": dpmpp_2m_sample, "unipc": unipc_sample}
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
@@ -176,7 +268,29 @@ def sampler_kwargs(name: str, eta: float | None = 0.0) -> dict:
 
 def is_stochastic(name: str, eta: float | None = 0.0) -> bool:
     """Whether the chain adds fresh noise at its steps (DDPM, or DDIM with eta > 0)."""
-    return name != "ddim" or bool(eta)
+    return name == "ddpm" or (name == "ddim" and bool(eta))
+
+
+CARRIED = {"ddim": 1, "ddpm": 1, "dpmpp2m": 2, "unipc": 4}  # x, and a multistep solver's history
+# Each sampler's own timestep spacing, the one its exported diffusers scheduler visits for a budget: DDIM's
+# (and the paper's) "linear"; "trailing" for the multistep solvers, which starts them at t = T - 1
+SPACING = {"ddim": "linear", "ddpm": "linear", "dpmpp2m": "trailing", "unipc": "trailing"}
+
+
+def resolve_spacing(sampler: str, spacing: str = "auto") -> str:
+    """``spacing``, where "auto" stands for ``sampler``'s own (``SPACING``)."""
+    get_sampler(sampler)
+    if spacing != "auto" and spacing not in TIMESTEP_SPACINGS:
+        raise MMDLibError(f"unknown timestep spacing {spacing!r}; known: auto, {', '.join(TIMESTEP_SPACINGS)}.")
+    return SPACING[sampler] if spacing == "auto" else spacing
+
+
+def carried_tensors(name: str, eta: float | None = 0.0) -> int:
+    """How many sample-sized tensors a checkpointed step keeps for backward: its inputs (x, and what a
+    multistep solver carries: DPM-Solver++ the last data prediction, UniPC two and the uncorrected x) and
+    the noise a stochastic step adds."""
+    get_sampler(name)
+    return CARRIED[name] + is_stochastic(name, eta)
 
 
 def sample_seeded(model: Callable, seeds: Sequence[int], shape: Sequence[int], timesteps: Sequence[int],

@@ -32,7 +32,13 @@ def _quadratic(budget: int, T: int) -> list[int]:
     return [int(s) for s in np.linspace(0, np.sqrt(0.8 * T), budget) ** 2]
 
 
-TIMESTEP_SPACINGS = {"linear": _linear, "quadratic": _quadratic}
+def _trailing(budget: int, T: int) -> list[int]:
+    # diffusers' "trailing" (Lin et al. 2024, Table 2): round(arange(T, 0, -T / budget)) - 1, which starts at
+    # the last training timestep T - 1; the multistep solvers' usual spacing.
+    return sorted(int(t) for t in np.arange(T, 0, -T / budget).round().astype(np.int64) - 1)
+
+
+TIMESTEP_SPACINGS = {"linear": _linear, "quadratic": _quadratic, "trailing": _trailing}
 
 
 def timestep_subset(budget: int, T: int = 1000, spacing: str = "linear") -> list[int]:
@@ -43,7 +49,7 @@ def timestep_subset(budget: int, T: int = 1000, spacing: str = "linear") -> list
     if isinstance(budget, bool) or int(budget) != budget or not 1 <= budget <= T:
         raise MMDLibError(f"budget must be an integer in 1..T={T}, got {budget!r}.")
     steps = TIMESTEP_SPACINGS[spacing](int(budget), int(T))
-    if len(set(steps)) != len(steps):
+    if len(set(steps)) != len(steps) or len(steps) != budget:
         raise MMDLibError(
             f"the {spacing} spacing of {budget} steps out of T={T} repeats timesteps ({steps[:6]}...); "
             f"use a smaller budget or spacing='linear'."

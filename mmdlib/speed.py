@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .sampling import get_sampler, is_stochastic, noise, to_unit
+from .sampling import carried_tensors, get_sampler, noise, to_unit
 from .streams import stream_seeds
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -118,8 +118,8 @@ def plan_memory(net: Callable, extractor: nn.Module, timesteps, alphas_cumprod: 
         step, x0 = saved_bytes(lambda: get_sampler(sampler)(net, x, timesteps[:1], alphas_cumprod, **sampler_kw),
                                exclude=params)
         feats, _ = saved_bytes(lambda: extractor(to_unit(x0.float())), exclude=params)
-    # a checkpointed step keeps its input (and, in a stochastic chain, its noise)
-    state = x.nbytes * (2 if is_stochastic(sampler, sampler_kw.get("eta")) else 1)
+    # a checkpointed step keeps its inputs (a multistep solver's history too) and a stochastic step's noise
+    state = x.nbytes * carried_tensors(sampler, sampler_kw.get("eta"))
     trainable = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
     available = available_bytes(device, memory_gib) - 3 * trainable  # grads + Adam's moments
     k = plan_checkpointing(n, step, state, feats, available)

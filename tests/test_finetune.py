@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -111,7 +112,7 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
     ({"kernel": "gauss"}, "unknown kernel 'gauss'; known: linear, cubic, rbf"),
     ({"features": "vgg"}, "unknown features 'vgg'; known: inception, clip"),
     ({"sampler": "euler"}, "unknown sampler 'euler'; known: ddim, ddpm"),
-    ({"timestep_spacing": "cosine"}, "unknown timestep_spacing 'cosine'; known: linear, quadratic"),
+    ({"timestep_spacing": "cosine"}, "unknown timestep_spacing 'cosine'; known: auto, linear, quadratic, trailing"),
     ({"budget": 0}, "budget must be an integer in 1..T=1000, got 0"),
     ({"budget": 1001}, "budget must be an integer in 1..T=1000, got 1001"),
     ({"checkpointing": "some"}, "unknown checkpointing setting 'some'; known: auto, all, none"),
@@ -253,8 +254,9 @@ def test_a_non_finite_gradient_norm_stops_without_stepping(tmp_path, monkeypatch
     assert ft.iteration == 1 and all(torch.equal(v, after_one[k]) for k, v in ft.unet.state_dict().items())
 
 
-@pytest.mark.parametrize("kw", [{"sampler": "ddpm"}, {"eta": 0.5}])
-def test_the_memory_plan_keeps_a_stochastic_steps_noise(tmp_path, monkeypatch, kw):
+@pytest.mark.parametrize("kw,carried", [({"sampler": "ddpm"}, 2), ({"eta": 0.5}, 2), ({"sampler": "dpmpp2m"}, 2),
+                                        ({"sampler": "unipc"}, 4)])
+def test_the_memory_plan_keeps_a_steps_noise_and_a_solvers_history(tmp_path, monkeypatch, kw, carried):
     seen = []
     plan = mmdlib.speed.plan_checkpointing
     monkeypatch.setattr(mmdlib.speed, "plan_checkpointing", lambda n, step, state, *a: seen.append(state) or
@@ -262,4 +264,20 @@ def test_the_memory_plan_keeps_a_stochastic_steps_noise(tmp_path, monkeypatch, k
     for extra in ({}, kw):
         c = cfg(tmp_path / str(extra), checkpointing="auto", **extra)
         Finetuner(tiny_model(), mmdlib.digits_dataset("train"), c, extractor=TinyFeatures(), progress=False).memory
-    assert seen == [8 * 64 * 4, 2 * 8 * 64 * 4]  # a checkpointed step keeps its input, and its noise when it has one
+    # a checkpointed step keeps its input, its noise when it has one, and a multistep solver's history
+    assert seen == [8 * 64 * 4, carried * 8 * 64 * 4]
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp2m", "unipc"])
+def test_finetuning_under_a_multistep_solver_trains_on_its_own_timesteps_and_exports_it(tmp_path, sampler):
+    c = cfg(tmp_path, sampler=sampler, budget=3, iterations=2)
+    assert c.run_identity()["timestep_spacing"] == "trailing"  # "auto": the solver's own spacing
+    assert cfg(tmp_path, sampler=sampler, budget=3, timestep_spacing="trailing").run_identity() == c.run_identity()
+    ft = Finetuner(tiny_model(), mmdlib.digits_dataset("train"), c, extractor=TinyFeatures(), progress=False)
+    before = weights(ft.unet)
+    path = ft.run()
+    meta = json.loads((path / "mmdlib.json").read_text())
+    assert (meta["sampler"], meta["timestep_spacing"], meta["timesteps"]) == (sampler, "trailing", [332, 666, 999])
+    assert not torch.equal(ft.unet.conv_in.weight, before["conv_in.weight"])
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)

@@ -97,9 +97,9 @@ def test_saved_pipeline_with_a_non_linear_beta_schedule_and_spacing_keeps_them(t
 
 
 @pytest.mark.parametrize("sampler,eta,budget", [("ddim", 0.0, 5), ("ddim", 0.6, 5), ("ddim", 1.0, 3), ("ddpm", None, 5),
-                                                ("ddpm", None, 10)])
-def test_exported_pipeline_reproduces_mmdlibs_stochastic_chain_from_the_same_generators(tmp_path, sampler, eta,
-                                                                                         budget):
+                                                ("ddpm", None, 10), ("dpmpp2m", None, 5), ("dpmpp2m", None, 10),
+                                                ("unipc", None, 5), ("unipc", None, 10)])
+def test_exported_pipeline_reproduces_mmdlibs_chain_from_the_same_generators(tmp_path, sampler, eta, budget):
     # x_T and every step's noise from the same per-sample generators, drawn in the same order: the pipeline
     # (whatever class DiffusionPipeline picks from the folder) and mmdlib produce the same images.
     from diffusers import DiffusionPipeline
@@ -109,11 +109,22 @@ def test_exported_pipeline_reproduces_mmdlibs_stochastic_chain_from_the_same_gen
     meta = json.loads((tmp_path / "pipe" / "mmdlib.json").read_text())
     assert (meta["sampler"], meta["eta"], meta["budget"]) == (sampler, eta, budget)
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
-    assert type(pipe).__name__ == {"ddim": "DDIMPipeline", "ddpm": "DDPMPipeline"}[sampler]
+    assert type(pipe).__name__ == ("DDIMPipeline" if sampler == "ddim" else "DDPMPipeline")
+    assert sorted(meta["timesteps"]) == meta["timesteps"] and len(meta["timesteps"]) == budget
     seeds = [11, 12, 13]
     call = {"eta": eta} if sampler == "ddim" else {}
-    images = pipe(batch_size=3, num_inference_steps=budget, generator=mmdlib.generators(seeds), output_type="np",
-                  **call).images
+    if sampler == "unipc":  # DDPMPipeline passes generator= to step(), which UniPC's does not take: the book's loop
+        with pytest.raises(TypeError, match="generator"):
+            pipe(batch_size=1, num_inference_steps=budget, generator=mmdlib.generators(seeds[:1]))
+        x = torch.stack([torch.randn(3, 8, 8, generator=g) for g in mmdlib.generators(seeds)])
+        pipe.scheduler.set_timesteps(budget)
+        with torch.no_grad():
+            for t in pipe.scheduler.timesteps:
+                x = pipe.scheduler.step(pipe.unet(x, t).sample, t, x).prev_sample
+        images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    else:
+        images = pipe(batch_size=3, num_inference_steps=budget, generator=mmdlib.generators(seeds), output_type="np",
+                      **call).images
     with torch.no_grad():
         ours = mmdlib.sample_seeded(unet, seeds, (3, 8, 8), meta["timesteps"],
                                     mmdlib.alphas_cumprod(mmdlib.linear_betas()), sampler, **call)
@@ -128,7 +139,7 @@ def test_exported_pipeline_reproduces_mmdlibs_stochastic_chain_from_the_same_gen
 def test_export_refuses_eta_for_ddpm_and_unknown_samplers(tmp_path):
     with pytest.raises(mmdlib.MMDLibError, match="eta=0.5 applies to the ddim sampler only"):
         save_pipeline(make_tiny_unet(), tmp_path / "p", sampler="ddpm", eta=0.5)
-    with pytest.raises(mmdlib.MMDLibError, match="unknown sampler 'euler'; known samplers: ddim, ddpm"):
+    with pytest.raises(mmdlib.MMDLibError, match="unknown sampler 'euler'; known samplers: ddim, ddpm, dpmpp2m, unipc"):
         save_pipeline(make_tiny_unet(), tmp_path / "p", sampler="euler")
     assert not (tmp_path / "p").exists()
 

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from helpers import make_tiny_unet
 
 import mmdlib
 
@@ -93,7 +94,8 @@ def _grads(model, sampler, checkpoint, **kw):
 
 
 @pytest.mark.parametrize("sampler,kw", [(mmdlib.ddim_sample, {}), (mmdlib.ddim_sample, {"eta": 1.0}),
-                                        (mmdlib.ddpm_sample, {})])
+                                        (mmdlib.ddpm_sample, {}), (mmdlib.dpmpp_2m_sample, {}),
+                                        (mmdlib.unipc_sample, {})])
 @pytest.mark.parametrize("checkpoint", [True, 1, 3])  # every step, or the first k (from x_T) of the 4
 def test_checkpoint_gives_same_gradients(tiny_unet, sampler, kw, checkpoint):
     out0, gx0, gp0 = _grads(tiny_unet, sampler, False, **kw)
@@ -144,7 +146,7 @@ def test_any_callable_model_and_learned_variance_output():
                                            ([], "timesteps is empty")])
 def test_bad_timesteps(timesteps, msg):
     ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
-    for sampler in (mmdlib.ddim_sample, mmdlib.ddpm_sample):
+    for sampler in mmdlib.SAMPLERS.values():
         with pytest.raises(mmdlib.MMDLibError, match=msg):
             sampler(lambda x, t: x, torch.randn(2, 1, 2, 2), timesteps, ac)
 
@@ -172,3 +174,52 @@ def test_slerp_against_numpy():
     np.testing.assert_allclose(got[1].numpy().ravel(), ref, rtol=1e-10)
     torch.testing.assert_close(got[0], a)
     torch.testing.assert_close(got[2], b)
+
+
+# The multistep solvers against diffusers' schedulers, configured as they are exported: order 2, data
+# prediction, a first-order last step onto sigma = 0, "trailing" spacing.
+SOLVERS = {
+    "dpmpp2m": (mmdlib.dpmpp_2m_sample, lambda: DPMSolverMultistepScheduler(
+        num_train_timesteps=T, beta_schedule="linear", timestep_spacing="trailing", algorithm_type="dpmsolver++",
+        solver_order=2, solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero")),
+    "unipc": (mmdlib.unipc_sample, lambda: UniPCMultistepScheduler(
+        num_train_timesteps=T, beta_schedule="linear", timestep_spacing="trailing", solver_type="bh2",
+        solver_order=2, predict_x0=True, lower_order_final=True, final_sigmas_type="zero")),
+}
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 5, 10, 20])
+@pytest.mark.parametrize("name", SOLVERS)
+def test_solvers_equal_diffusers_schedulers(name, budget):
+    sampler, scheduler = SOLVERS[name]
+    unet = make_tiny_unet().double()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(budget), dtype=torch.float64)
+    sched = scheduler()
+    sched.set_timesteps(budget)
+    steps = mmdlib.timestep_subset(budget, spacing="trailing")
+    assert sorted(sched.timesteps.tolist()) == steps
+    with torch.no_grad():
+        ours = sampler(unet, x_T, steps, mmdlib.alphas_cumprod(mmdlib.linear_betas()))
+        x = x_T.clone()
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t).sample, t, x).prev_sample
+    # diffusers keeps sigmas and steps the sample in float32: ~1e-7 apart
+    assert ((ours - x).norm() / x.norm()).item() <= 1e-5
+
+
+def test_the_solvers_are_not_ddim_and_not_each_other():
+    unet, ac = make_tiny_unet().double(), mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    steps = mmdlib.timestep_subset(5, spacing="trailing")
+    with torch.no_grad():
+        out = {name: mmdlib.get_sampler(name)(unet, x_T, steps, ac) for name in ("ddim", "dpmpp2m", "unipc")}
+    for a, b in (("ddim", "dpmpp2m"), ("ddim", "unipc"), ("dpmpp2m", "unipc")):
+        assert ((out[a] - out[b]).norm() / out[a].norm()).item() > 1e-3, (a, b)
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_solver_gradients_pass_gradcheck_in_float64(name):
+    unet, ac = make_tiny_unet(1, 4).double(), mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+    steps = mmdlib.timestep_subset(3, spacing="trailing")
+    assert torch.autograd.gradcheck(lambda x: SOLVERS[name][0](unet, x, steps, ac), (x_T,), eps=1e-6, atol=1e-6)

@@ -48,7 +48,7 @@ def test_budget_out_of_range(budget):
 
 
 def test_unknown_spacing_lists_known():
-    with pytest.raises(mmdlib.MMDLibError, match="unknown timestep spacing 'cosine'; known: linear, quadratic"):
+    with pytest.raises(mmdlib.MMDLibError, match="unknown timestep spacing 'cosine'; known: linear, quadratic, trailing"):
         mmdlib.timestep_subset(5, 1000, "cosine")
 
 
