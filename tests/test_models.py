@@ -155,3 +155,21 @@ def test_model_identity_follows_the_weights_not_the_path(tmp_path):
     c = load_model(str(save_pipeline(unet, tmp_path / "c", budget=2,
                                      alphas_cumprod=mmdlib.alphas_cumprod(mmdlib.linear_betas(1000, 1e-4, 0.03)))))
     assert c.identity()["weights"] == a.identity()["weights"] and c.identity() != a.identity()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp2m", "unipc"])
+def test_trailing_spacing_is_written_into_every_scheduler_and_linear_only_where_it_exists(tmp_path, sampler):
+    import warnings
+
+    from diffusers import DiffusionPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # expressible: no warning
+        save_pipeline(make_tiny_unet(), tmp_path / "t", budget=5, sampler=sampler, timestep_spacing="trailing")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "t")
+    pipe.scheduler.set_timesteps(5)
+    assert sorted(pipe.scheduler.timesteps.tolist()) == mmdlib.timestep_subset(5, spacing="trailing")
+    if sampler in ("dpmpp2m", "unipc"):  # their "leading" is not DDIM's: linear cannot be expressed
+        with pytest.warns(UserWarning, match=f"linear spacing cannot be expressed in the {sampler} scheduler"):
+            save_pipeline(make_tiny_unet(), tmp_path / "l", budget=5, sampler=sampler, timestep_spacing="linear")
+        assert json.loads((tmp_path / "l" / "mmdlib.json").read_text())["timesteps"] == mmdlib.timestep_subset(5)
