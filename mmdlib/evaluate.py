@@ -59,6 +59,8 @@ class EvalConfig:
             raise MMDLibError(f"n must be >= 2 generated samples per budget and seed, got {self.n}.")
         if not self.seeds or not self.budgets or not self.spaces:
             raise MMDLibError("seeds, budgets and spaces must each name at least one value.")
+        if min(self.budgets) < 1:
+            raise MMDLibError(f"budgets must be sampling step counts >= 1, got {list(self.budgets)}.")
         for s in self.spaces:
             if s not in FEATURES:
                 raise MMDLibError(f"unknown feature space {s!r}; known: {', '.join(FEATURES)}.")

@@ -99,6 +99,14 @@ class FinetuneConfig:
             raise MMDLibError(f"memory_gib must be > 0 (GiB the run may use), got {self.memory_gib}.")
         if not 0 < self.lr < math.inf:
             raise MMDLibError(f"learning rate must be a finite number > 0, got {self.lr}.")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise MMDLibError(f"adam_betas must be two numbers in [0, 1), got {tuple(self.adam_betas)}.")
+        if not 0 < self.adam_eps < math.inf:
+            raise MMDLibError(f"adam_eps must be a finite number > 0, got {self.adam_eps}.")
+        if self.workers < 0:
+            raise MMDLibError(f"workers must be >= 0 (0 loads real images in the main process), got {self.workers}.")
+        if self.device != "auto":
+            pick_device(self.device)
         if not 0 < self.grad_clip < math.inf:
             raise MMDLibError(f"grad_clip (the largest gradient norm) must be a finite number > 0, got "
                               f"{self.grad_clip}; the paper's code clips at 0.5.")
@@ -123,9 +131,18 @@ class FinetuneConfig:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``name`` as a torch device ("auto": CUDA when there is one, else the CPU); a device this machine does
+    not have is refused with a message, not a traceback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MMDLibError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise MMDLibError(f"device {name!r} is not available here ({torch.cuda.device_count()} CUDA devices); use "
+                          f"--device cpu or auto.")
+    return device
 
 
 def _noise_seeds(cfg: FinetuneConfig, it: int, part: tuple[int, int] = (0, 1)) -> list[int]:

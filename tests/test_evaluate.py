@@ -114,7 +114,8 @@ def test_evaluation_settings_are_checked_before_any_work(monkeypatch):
     for bad, msg in (({"n": 1}, "n must be >= 2"), ({"seeds": 0}, "seeds must be >= 1"),
                      ({"spaces": ("vgg",)}, "unknown feature space 'vgg'"), ({"sampler": "euler"}, "unknown sampler"),
                      ({"sampler": "ddpm", "eta": 0.3}, "applies to the ddim sampler only"),
-                     ({"budgets": (5, 0)}, "budget must be an integer in 1..T=1000, got 0"),
+                     ({"budgets": (5, 0)}, "budgets must be sampling step counts >= 1, got \[5, 0\]"),
+                     ({"budgets": (5, 1001)}, "budget must be an integer in 1..T=1000, got 1001"),
                      ({"precision": "fp16"}, "unknown evaluation precision 'fp16'")):
         with pytest.raises(mmdlib.MMDLibError, match=msg):
             evaluate(m, **{"dataset": "digits", "split": "test", "spaces": ("digits-b",), **bad}, progress=False)

@@ -76,3 +76,26 @@ def test_evaluate_out_naming_a_folder_is_refused_before_any_work(tmp_path, monke
     monkeypatch.setattr("mmdlib.load_model", lambda *a, **k: pytest.fail("the model was loaded before --out was checked"))
     assert main(["evaluate", "--out", str(tmp_path), "--n", "10", "--seeds", "1"]) == 2
     assert "must name a file (the results' JSON), not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--adam-betas", "1.5", "0.9"], "adam_betas must be two numbers in [0, 1), got (1.5, 0.9)"),
+    (["--adam-eps", "0"], "adam_eps must be a finite number > 0, got 0.0"),
+    (["--workers", "-1"], "workers must be >= 0"),
+    (["--device", "foo"], "unknown device 'foo'; use auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:7"], "device 'cuda:7' is not available here"),
+])
+def test_bad_finetune_settings_are_one_line_before_any_loading(tmp_path, monkeypatch, capsys, args, msg):
+    monkeypatch.setattr("mmdlib.load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    assert finetune(tmp_path / "run", *args) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("budgets,msg", [("2,0", "budgets must be sampling step counts >= 1, got [2, 0]"),
+                                         ("5,abc", "--budgets must be comma-separated integers"),
+                                         ("", "--budgets must be comma-separated integers")])
+def test_bad_budgets_are_refused_before_any_work(monkeypatch, capsys, budgets, msg):
+    monkeypatch.setattr("mmdlib.load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    assert main(["evaluate", "--budgets", budgets, "--n", "10", "--seeds", "1"]) == 2
+    assert msg in capsys.readouterr().err
