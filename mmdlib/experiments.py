@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .cache import cache_dir, cached, config_key, full_key
+from .errors import MMDLibError
 from .data import get_dataset
 from .evaluate import EvalConfig, embed, evaluate, generate, grid_samples
 from .features import FeatureExtractor, get_feature_extractor
@@ -40,6 +41,32 @@ class Run:
         import pandas as pd
 
         return pd.read_csv(self.folder / "log.csv")
+
+
+def check_parameters() -> None:
+    """Under papermill, refuse a parameter the notebook does not have: ``-p`` injects any name it is given,
+    so a misspelt or renamed one (``timesteps`` for ``budget``) would leave the default silently in force.
+    Called right after the parameters cell; reads the two cells run before it (papermill's injected
+    "# Parameters" cell and the notebook's parameters cell). Elsewhere (Jupyter, Colab) it does nothing."""
+    import ast
+
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    history = shell.user_ns.get("In", []) if shell is not None else []
+    if len(history) < 3 or not history[-2].startswith("# Parameters"):
+        return
+
+    def names(source: str) -> set[str]:
+        return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets
+                if isinstance(t, ast.Name)}
+
+    known, given = names(history[-3]), names(history[-2])
+    if given - known:
+        raise MMDLibError(f"unknown notebook parameter(s): {', '.join(sorted(given - known))}; this notebook's "
+                          f"parameters are {', '.join(sorted(known))}.")
 
 
 def base(name: str = "digits") -> Run:

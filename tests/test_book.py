@@ -210,3 +210,15 @@ def test_the_pages_workflow_builds_with_make_book_and_publishes_the_html():
     assert upload["with"]["path"] == "_build/html"
     assert wf["jobs"]["deploy"]["steps"][0]["uses"].startswith("actions/deploy-pages")
     assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
+
+
+@pytest.mark.slow
+def test_a_parameter_the_notebook_does_not_have_is_refused(tmp_path, monkeypatch):
+    """papermill injects any name; a renamed or misspelt one must not leave the defaults silently in force."""
+    import papermill as pm
+
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")
+    with pytest.raises(pm.PapermillExecutionError, match=r"unknown notebook parameter\(s\): timesteps; this notebook's "
+                                                         r"parameters are seed, toy_finetune_iterations, toy_train_"):
+        pm.execute_notebook(ROOT / "notebooks" / "1_theory.ipynb", tmp_path / "out.ipynb", cwd=ROOT / "notebooks",
+                            progress_bar=False, parameters={"timesteps": 10, "seed": 1})
