@@ -55,3 +55,17 @@ def test_unknown_spacing_lists_known():
 def test_quadratic_repeats_are_refused():
     with pytest.raises(mmdlib.MMDLibError, match="quadratic spacing of 200 steps"):
         mmdlib.timestep_subset(200, 1000, "quadratic")
+
+
+@pytest.mark.parametrize("T", [1000, 4000])
+def test_trailing_spacing_is_what_every_diffusers_scheduler_visits(T):
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    schedulers = [S(num_train_timesteps=T, timestep_spacing="trailing")
+                  for S in (DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler)]
+    for budget in range(1, 60):
+        steps = mmdlib.timestep_subset(budget, T, "trailing")
+        assert len(steps) == budget and steps[-1] == T - 1
+        for sched in schedulers:
+            sched.set_timesteps(budget)
+            assert sorted(sched.timesteps.tolist()) == steps, (type(sched).__name__, budget)
