@@ -57,6 +57,7 @@ def test_quadratic_repeats_are_refused():
         mmdlib.timestep_subset(200, 1000, "quadratic")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' numpy 2 copy= notice, once per call
 @pytest.mark.parametrize("T", [1000, 4000])
 def test_trailing_spacing_is_what_every_diffusers_scheduler_visits(T):
     from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
