@@ -19,8 +19,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DATASETS", "FEATURES", "FeatureExtractor", "KERNELS", "LoadedModel", "MMDLibError", "MODELS", "PURPOSES",
-    "SAMPLERS", "TIMESTEP_SPACINGS", "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample", "digits_dataset", "dpmpp_2m_sample",
-    "generators", "get_dataset", "get_feature_extractor", "get_kernel", "get_sampler", "linear_betas",
-    "linear_kernel", "load_model", "mmd2_unbiased", "noise", "predict_eps", "randn", "rbf_kernel", "sample_seeded",
-    "save_pipeline", "slerp", "smoke_test", "stream_seeds", "timestep_subset", "to_unit", "unipc_sample",
+    "SAMPLERS", "TIMESTEP_SPACINGS", "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample",
+    "digits_dataset", "dpmpp_2m_sample", "generators", "get_dataset", "get_feature_extractor", "get_kernel",
+    "get_sampler", "linear_betas", "linear_kernel", "load_model", "mmd2_unbiased", "noise", "predict_eps", "randn",
+    "rbf_kernel", "sample_seeded", "save_pipeline", "slerp", "smoke_test", "stream_seeds", "timestep_subset",
+    "to_unit", "unipc_sample",
 ]

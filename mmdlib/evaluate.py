@@ -51,6 +51,11 @@ class EvalConfig:
         self.seeds, self.budgets = tuple(int(s) for s in self.seeds), tuple(int(b) for b in self.budgets)
         self.spaces = (self.spaces,) if isinstance(self.spaces, str) else tuple(self.spaces)
 
+    @property
+    def spacing(self) -> str:
+        """The timestep spacing in force: ``timestep_spacing``, with "auto" resolved to the sampler's own."""
+        return resolve_spacing(self.sampler, self.timestep_spacing)
+
     def check(self) -> "EvalConfig":
         """Refuse bad values with a message naming the value and what is allowed, before any work."""
         from .features import FEATURES
@@ -67,7 +72,7 @@ class EvalConfig:
         if self.precision not in EVAL_PRECISIONS:
             raise MMDLibError(f"unknown evaluation precision {self.precision!r}; known: {', '.join(EVAL_PRECISIONS)}.")
         sampler_kwargs(self.sampler, self.eta)
-        resolve_spacing(self.sampler, self.timestep_spacing)
+        resolve_spacing(self.sampler, self.timestep_spacing)  # a known spacing
         for seed in self.seeds:
             stream_seeds("eval", seed, [0, self.n - 1])
         return self
@@ -108,9 +113,9 @@ def grid_samples(model, budget: int, n: int = 64, seed: int = 0, timestep_spacin
     sampled where the model is (or on ``device``): the same noise at every call, so two models (or one model
     during finetuning) can be compared side by side; never a training or an evaluation latent."""
     device = device or next(model.unet.parameters()).device
-    return generate(model.unet.to(device), n, timestep_subset(budget, model.T, resolve_spacing(sampler, timestep_spacing)), model.alphas_cumprod,
-                    model.sample_shape, sampler=sampler, seed=seed, device=device, purpose="grid",
-                    **sampler_kwargs(sampler, eta))
+    steps = timestep_subset(budget, model.T, resolve_spacing(sampler, timestep_spacing))
+    return generate(model.unet.to(device), n, steps, model.alphas_cumprod, model.sample_shape, sampler=sampler,
+                    seed=seed, device=device, purpose="grid", **sampler_kwargs(sampler, eta))
 
 
 @torch.no_grad()
@@ -254,7 +259,7 @@ def evaluate(model, config: EvalConfig | None = None, *, weights_path: str | Non
     cfg = dataclasses.replace(config or EvalConfig(), **settings).check()
     data_kw = {**({"root": cfg.data_root} if cfg.data_root else {}), **({"download": True} if download else {})}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    steps = {b: timestep_subset(b, model.T, resolve_spacing(cfg.sampler, cfg.timestep_spacing)) for b in cfg.budgets}  # refuses a bad budget first
+    steps = {b: timestep_subset(b, model.T, cfg.spacing) for b in cfg.budgets}  # refuses a bad budget first
     extractors = extractors_for(cfg.spaces, device, weights_path)
     refs = {s: reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw)
             for s in cfg.spaces}

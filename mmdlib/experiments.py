@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from .cache import cache_dir, cached, config_key, full_key
-from .errors import MMDLibError
 from .data import get_dataset
+from .errors import MMDLibError
 from .evaluate import EvalConfig, embed, evaluate, generate, grid_samples
 from .features import FeatureExtractor, get_feature_extractor
 from .finetune import FinetuneConfig, Finetuner, pick_device

@@ -58,7 +58,8 @@ class FinetuneConfig:
     features: str = _setting("inception", "method")
     kernel: str = _setting("cubic", "method")
     budget: int = _setting(5, "method")  # |tau|, the sampling steps (diffusers' num_inference_steps)
-    timestep_spacing: str = _setting("auto", "method")  # which |tau| timesteps: the sampler's own, or one of TIMESTEP_SPACINGS
+    timestep_spacing: str = _setting("auto", "method")  # which |tau| timesteps: "auto" (the sampler's own) or
+    # one of TIMESTEP_SPACINGS
     sampler: str = _setting("ddim", "method")
     eta: float = _setting(0.0, "method")
     batch_size: int = _setting(128, "method")
@@ -82,8 +83,8 @@ class FinetuneConfig:
 
     def check(self) -> "FinetuneConfig":
         """Refuse bad values with a message naming the value and what is allowed."""
-        for field, known in (("features", FEATURES), ("kernel", KERNELS), ("timestep_spacing", ("auto", *TIMESTEP_SPACINGS)),
-                             ("sampler", SAMPLERS)):
+        for field, known in (("features", FEATURES), ("kernel", KERNELS),
+                             ("timestep_spacing", ("auto", *TIMESTEP_SPACINGS)), ("sampler", SAMPLERS)):
             if getattr(self, field) not in known:
                 raise MMDLibError(f"unknown {field} {getattr(self, field)!r}; known: {', '.join(known)}.")
         if self.batch_size < 2:
@@ -244,8 +245,8 @@ class Finetuner:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.iteration = ckpt["iteration"]
         self.procs.barrier()  # every rank has checked and loaded before the main one writes
-        self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations, "timesteps": self.timesteps},
-                          self.iteration, overwrite)
+        self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations,
+                           "timesteps": self.timesteps}, self.iteration, overwrite)
         self.procs.barrier()
 
     @functools.cached_property
@@ -258,9 +259,9 @@ class Finetuner:
     @functools.cached_property
     def memory(self) -> dict:
         """The checkpointing plan (``speed.plan_memory``) for this process's share of the batch."""
-        return plan_memory(self.unet, self.extractor, self.timesteps, self.model.alphas_cumprod, self.model.sample_shape,
-                           self.cfg.batch_size // self.procs.world, self.device, self.speed, self.cfg.checkpointing,
-                           self.cfg.memory_gib, self.cfg.sampler, **self._sampler_kw)
+        return plan_memory(self.unet, self.extractor, self.timesteps, self.model.alphas_cumprod,
+                           self.model.sample_shape, self.cfg.batch_size // self.procs.world, self.device, self.speed,
+                           self.cfg.checkpointing, self.cfg.memory_gib, self.cfg.sampler, **self._sampler_kw)
 
     @property
     def checkpoint_steps(self) -> int:
