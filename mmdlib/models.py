@@ -102,7 +102,11 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
         name_or_path = str(digits_model_path())
     repo = HUB_MODELS.get(name_or_path, name_or_path)
     local = Path(repo).is_dir()
-    if not local and (Path(repo).exists() or repo.startswith((".", "/")) or repo.count("/") != 1):
+    if not local and Path(repo).parent.is_dir() and str(Path(repo).parent) != ".":
+        # "runs/missing" could be a hub id, but runs/ is a folder here: a local path that does not exist
+        raise MMDLibError(f"model {name_or_path!r}: there is no folder {repo!r} (its parent "
+                          f"{str(Path(repo).parent)!r} exists here, so it is taken as a path, not a hub id).")
+    if not local and (Path(repo).exists() or repo.startswith((".", "/", "~")) or repo.count("/") != 1):
         raise MMDLibError(f"model {name_or_path!r} is neither a known name ({', '.join(MODELS)}), a hub id "
                           f"(owner/name) nor a folder.")
     try:
@@ -116,9 +120,9 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
             raise MMDLibError(f"could not load a UNet2DModel from the folder {repo!r}: {e}") from e
         how = ("HF_HUB_OFFLINE=1 is set and there is no local copy in the Hugging Face cache. "
                if env_flag("HF_HUB_OFFLINE") else "The hub could not be reached. ")
-        raise MMDLibError(f"could not load {repo!r}. {how}On a connected machine run "
-                          f"`huggingface-cli download {repo}` (it fills the cache this machine reads), or "
-                          f"download it and pass the local folder instead.") from e
+        raise MMDLibError(f"could not load {repo!r}. {how}On a connected machine run `hf download {repo}` "
+                          f"(huggingface_hub's command; it fills the cache this machine reads), or download it "
+                          f"and pass the local folder instead.") from e
     return LoadedModel(unet.to(device).eval(), _schedule_from_config(sched), repo, meta)
 
 
@@ -134,16 +138,17 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
     - ``"ddpm"``: a DDPMPipeline (DDPMScheduler, fixed-small variance, no clipping);
     - ``"dpmpp2m"``, ``"unipc"``: a DDPMPipeline with a DPMSolverMultistepScheduler (DPM-Solver++, order 2,
       midpoint) or a UniPCMultistepScheduler (bh2, order 2), both data prediction with a first-order last
-      step onto sigma = 0. diffusers 0.42's DDPMPipeline passes ``generator=`` to the scheduler's step, which
-      UniPC's does not take: step ``pipe.scheduler`` in a loop of your own (the book shows it).
+      step onto sigma = 0. The UniPC folder names ``mmdlib.UniPCPipelineScheduler``, diffusers' class with a
+      ``step`` that accepts the ``generator=`` DDPMPipeline passes (``mmdlib.pipeline_schedulers``).
 
     Called with the generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic
     steps included. ``mmdlib.json`` records the budget, its timesteps, the spacing, the sampler and eta. A
     spacing the scheduler cannot express (quadratic; linear for the solvers) is written as the sampler's
     own, with a warning: sample with mmdlib and the recorded timesteps.
     """
-    from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,
-                           UniPCMultistepScheduler)
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
+
+    from .pipeline_schedulers import UniPCPipelineScheduler
 
     from .sampling import SPACING, resolve_spacing, sampler_kwargs
 
@@ -173,8 +178,8 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
         pipe = DDPMPipeline(unet=model, scheduler=DPMSolverMultistepScheduler(
             algorithm_type="dpmsolver++", solver_type="midpoint", **solver, **common))
     else:
-        pipe = DDPMPipeline(unet=model, scheduler=UniPCMultistepScheduler(solver_type="bh2", predict_x0=True,
-                                                                          **solver, **common))
+        pipe = DDPMPipeline(unet=model, scheduler=UniPCPipelineScheduler(solver_type="bh2", predict_x0=True,
+                                                                         **solver, **common))
     path = Path(path)
     pipe.save_pretrained(path)
     record = {"budget": budget, "timestep_spacing": spacing, "timesteps": steps, "num_inference_steps": budget,

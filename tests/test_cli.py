@@ -41,7 +41,7 @@ def test_help_lists_every_flag_with_its_default(cmd, flags):
     (["--checkpointing", "some"], "unknown checkpointing setting 'some'; known: auto, all, none"),
     (["--memory-gib", "-1"], "memory_gib must be > 0"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--model", "google/ddpm-cifar10-32"], "huggingface-cli download google/ddpm-cifar10-32"),
+    (["--model", "google/ddpm-cifar10-32"], "hf download google/ddpm-cifar10-32"),
 ])
 def test_bad_input_is_one_clear_message(tmp_path, monkeypatch, capsys, args, msg):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))

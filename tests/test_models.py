@@ -29,7 +29,7 @@ def test_local_bare_folder_and_schedule(tmp_path):
 
 
 def test_hub_id_from_the_offline_cache(tmp_path, monkeypatch):
-    # A Hugging Face cache laid out as `huggingface-cli download google/ddpm-cifar10-32` leaves it.
+    # A Hugging Face cache laid out as `hf download google/ddpm-cifar10-32` leaves it.
     snap = tmp_path / "hub" / "models--google--ddpm-cifar10-32" / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)
     _legacy_layout(snap, make_tiny_unet())
@@ -45,7 +45,7 @@ def test_hub_id_from_the_offline_cache(tmp_path, monkeypatch):
 def test_hub_id_offline_without_copy_says_how(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    with pytest.raises(mmdlib.MMDLibError, match="huggingface-cli download google/ddpm-ema-church-256"):
+    with pytest.raises(mmdlib.MMDLibError, match="hf download google/ddpm-ema-church-256"):
         load_model("church")
 
 
@@ -113,18 +113,14 @@ def test_exported_pipeline_reproduces_mmdlibs_chain_from_the_same_generators(tmp
     assert sorted(meta["timesteps"]) == meta["timesteps"] and len(meta["timesteps"]) == budget
     seeds = [11, 12, 13]
     call = {"eta": eta} if sampler == "ddim" else {}
-    if sampler == "unipc":  # DDPMPipeline passes generator= to step(), which UniPC's does not take: the book's loop
-        with pytest.raises(TypeError, match="generator"):
-            pipe(batch_size=1, num_inference_steps=budget, generator=mmdlib.generators(seeds[:1]))
-        x = torch.stack([torch.randn(3, 8, 8, generator=g) for g in mmdlib.generators(seeds)])
-        pipe.scheduler.set_timesteps(budget)
-        with torch.no_grad():
-            for t in pipe.scheduler.timesteps:
-                x = pipe.scheduler.step(pipe.unet(x, t).sample, t, x).prev_sample
-        images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    else:
-        images = pipe(batch_size=3, num_inference_steps=budget, generator=mmdlib.generators(seeds), output_type="np",
-                      **call).images
+    images = pipe(batch_size=3, num_inference_steps=budget, generator=mmdlib.generators(seeds), output_type="np",
+                  **call).images
+    if sampler == "unipc":  # the folder names mmdlib's subclass; diffusers' own class reads the same config
+        from diffusers import UniPCMultistepScheduler
+
+        plain = UniPCMultistepScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
+        plain.set_timesteps(budget)
+        assert plain.timesteps.tolist() == pipe.scheduler.timesteps.tolist()
     with torch.no_grad():
         ours = mmdlib.sample_seeded(unet, seeds, (3, 8, 8), meta["timesteps"],
                                     mmdlib.alphas_cumprod(mmdlib.linear_betas()), sampler, **call)
