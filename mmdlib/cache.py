@@ -18,6 +18,8 @@ from typing import Callable
 
 from filelock import FileLock
 
+from .errors import MMDLibError
+
 
 def cache_dir() -> Path:
     """The cache root: $MMDLIB_CACHE, else ~/.cache/mmdlib."""
@@ -68,12 +70,20 @@ def cached(kind: str, config: dict, build: Callable[[Path], None]) -> Path:
     is not there yet."""
     config = full_key(config)
     final = cache_dir() / kind / config_key(config)
-    if (final / "config.json").exists():
+    if (final / "config.json").exists():  # a read-only cache still serves what it holds
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(final) + ".lock")
+        lock.acquire()
+    except OSError as e:
+        raise MMDLibError(f"the cache {str(cache_dir())!r} cannot be written ({e.strerror}: {e.filename}); set "
+                          f"MMDLIB_CACHE to a writable folder.") from None
+    try:
         if (final / "config.json").exists():  # another process built it while we waited
             return final
+        for stale in final.parent.glob(f".{final.name}-*"):  # a killed builder's (we hold the key's lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         try:
             build(tmp)
@@ -83,6 +93,8 @@ def cached(kind: str, config: dict, build: Callable[[Path], None]) -> Path:
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
     return final
 
 

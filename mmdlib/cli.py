@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .data import DATASETS
 from .errors import MMDLibError
 from .finetune import FinetuneConfig
 
@@ -87,23 +88,24 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
     return dataclasses.replace(get_preset(name).finetune if name else FinetuneConfig(), **given)
 
 
-def _data_kw(cfg_or_args) -> dict:
-    kw = {}
-    if getattr(cfg_or_args, "data_root", None):
-        kw["root"] = cfg_or_args.data_root
-    if getattr(cfg_or_args, "download", False):
-        kw["download"] = True
-    return kw
-
-
 def cmd_finetune(a: argparse.Namespace) -> None:
-    from . import get_dataset, load_model
+    from . import get_dataset, get_feature_extractor, load_model
     from .finetune import finetune
+    from .runfolder import check_output_folder
 
     cfg = config_from_args(a).check()
+    if a.inception_weights is not None and cfg.features != "inception":
+        raise MMDLibError(f"--inception-weights is for --features inception; the features are {cfg.features!r}.")
+    check_output_folder(cfg.out)  # before any loading
     model = load_model(cfg.model)
-    dataset = get_dataset(cfg.dataset, split=cfg.split, **_data_kw(a))
-    path = finetune(model, dataset, cfg, resume=a.resume, overwrite=a.overwrite)
+    # a folder of images is read with the model's channels (grayscale stays one channel for a 1-channel model)
+    folder = cfg.dataset == "folder" or cfg.dataset not in DATASETS
+    dataset = get_dataset(cfg.dataset, split=cfg.split, **({"root": cfg.data_root} if cfg.data_root else {}),
+                          **({"download": True} if a.download else {}),
+                          **({"channels": model.sample_shape[0]} if folder else {}))
+    extractor = get_feature_extractor(cfg.features, **({"weights_path": a.inception_weights}
+                                                       if a.inception_weights else {}))
+    path = finetune(model, dataset, cfg, extractor=extractor, resume=a.resume, overwrite=a.overwrite)
     print(f"finetuned pipeline: {path}")
 
 
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     ft.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     ft.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
+    ft.add_argument("--inception-weights", default=None,
+                    help="local torch-fidelity Inception weights file, for --features inception offline")
     ft.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="FID/KID of a model across budgets",

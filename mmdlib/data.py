@@ -76,10 +76,10 @@ def _missing(name: str, path: Path, how: str) -> MMDLibError:
     return MMDLibError(f"{name} data not found at {str(path)!r}. {how}")
 
 
-def _to_tensor_resized(size: int, crop: tuple[int, int, int, int] | None = None) -> Callable:
+def _to_tensor_resized(size: int, crop: tuple[int, int, int, int] | None = None, mode: str = "RGB") -> Callable:
     from torchvision import transforms as T
 
-    steps = [T.Lambda(lambda im: im.convert("RGB"))]
+    steps = [T.Lambda(lambda im: im.convert(mode))]
     if crop is not None:  # (top, left, height, width)
         steps.append(T.Lambda(lambda im: T.functional.crop(im, *crop)))
     steps += [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.CenterCrop(size),
@@ -124,18 +124,37 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def folder_dataset(root: str | Path, size: int | None = None, split: str = "all") -> Dataset:
-    """Every image under ``root`` (recursively, sorted), RGB, resized and centre-cropped to ``size``."""
+def _open_image(path: Path):
+    """The image at ``path``, decoded now, so a damaged file is named here rather than failing later."""
     from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated, empty and non-image files
+        raise MMDLibError(f"cannot read the image {str(path)!r} ({e}); fix or remove it.") from None
+
+
+def folder_dataset(root: str | Path | None, size: int | None = None, split: str = "all",
+                   channels: int = 3) -> Dataset:
+    """Every image under ``root`` (recursively, sorted), as ``channels`` channels (3: RGB, 1: grayscale),
+    resized and centre-cropped to ``size``. A file that cannot be decoded stops reading with its name."""
     from torchvision import transforms as T
 
     _check_split(split)
+    if root is None:
+        raise MMDLibError("the folder dataset needs the folder: pass --data-root DIR (root= in Python), or give the "
+                          "folder itself as --dataset.")
+    if channels not in (1, 3):
+        raise MMDLibError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
     root = Path(root)
     files = _image_files(root) if root.is_dir() else []
     if not files:
         raise _missing("image folder", root, f"Point it at a folder holding {', '.join(sorted(IMAGE_SUFFIXES))} files.")
-    transform = _to_tensor_resized(size) if size else T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.ToTensor()])
-    return Transformed(files, transform, loader=lambda p: Image.open(p))
+    transform = _to_tensor_resized(size, mode="RGB" if channels == 3 else "L") if size else \
+        T.Compose([T.Lambda(lambda im: im.convert("RGB" if channels == 3 else "L")), T.ToTensor()])
+    return Transformed(files, transform, loader=_open_image)
 
 
 def church_dataset(split: str = "train", root: str | Path = "data/church", download: bool = False) -> Dataset:
@@ -176,7 +195,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "celeba64": celeba64_dataset,
     "church": church_dataset,
     "imagenet64": imagenet64_dataset,
-    "folder": lambda split="all", root=None, size=None, **kw: folder_dataset(root, size, split),
+    "folder": lambda split="all", root=None, size=None, channels=3, **kw: folder_dataset(root, size, split, channels),
 }
 
 
@@ -184,6 +203,6 @@ def get_dataset(name: str, split: str = "train", **kw) -> Dataset:
     """The dataset registered as ``name``; a path to a folder of images also works."""
     if name not in DATASETS:
         if Path(name).is_dir():
-            return folder_dataset(name, kw.get("size"), split="all")
+            return folder_dataset(name, kw.get("size"), split="all", channels=kw.get("channels", 3))
         raise MMDLibError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, or a folder of images.")
     return DATASETS[name](split=split, **kw)

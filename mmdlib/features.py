@@ -104,8 +104,9 @@ class InceptionFeatures(FeatureExtractor):
                                                    feature_extractor_weights_path=weights_path)
         except OSError as e:  # urllib errors are OSErrors
             raise MMDLibError("inception: could not download torch-fidelity's Inception weights (offline?). "
-                              "Download weights-inception-2015-12-05-6726825d.pth on a connected machine and "
-                              "pass weights_path=.") from e
+                              "Download weights-inception-2015-12-05-6726825d.pth (torch-fidelity's GitHub "
+                              "releases) on a connected machine and pass --inception-weights FILE (weights_path= "
+                              "in Python).") from e
         self.freeze()
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

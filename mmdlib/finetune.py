@@ -224,6 +224,16 @@ class Finetuner:
             raise MMDLibError(f"batch size {cfg.batch_size} (the global batch) does not divide among "
                               f"{self.procs.world} processes; use a multiple of {self.procs.world}.")
         self.folder = RunFolder(cfg.out, main=self.procs.main)
+        self.folder.lock()  # held until run() ends, or until __init__ fails
+        try:
+            self._start(model, extractor, resume, overwrite, progress)
+        except BaseException:
+            self.folder.unlock()
+            raise
+
+    def _start(self, model, extractor, resume, overwrite, progress) -> None:
+        """The rest of __init__, under the folder's lock: check the folder, place the model, load a checkpoint."""
+        cfg = self.cfg
         resuming = self.folder.check(cfg.run_identity(), resume, overwrite, cfg.iterations)  # every rank, first
         self.progress = progress and self.procs.main
         self.device = self.procs.device(cfg.device)
@@ -237,12 +247,15 @@ class Finetuner:
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                     **({"fused": True} if self.speed.fused_adam else {}))
         self.iteration = 0
+        self._norm: float | None = None  # the weights' norm after the last step (a blow-up check)
         # onto the CPU: load_state_dict moves it where the parameters are (accelerate names the CPU "cpu:0",
         # which torch.load cannot map to)
         ckpt = self.folder.load("cpu") if resuming else None
         if ckpt is not None:
             self.unet.load_state_dict(ckpt["unet"])
             self.opt.load_state_dict(ckpt["optimizer"])
+            for group in self.opt.param_groups:  # --resume --lr: a changed lr, recorded in run.json by start()
+                group["lr"] = cfg.lr
             self.iteration = ckpt["iteration"]
         self.procs.barrier()  # every rank has checked and loaded before the main one writes
         self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations,
@@ -310,20 +323,40 @@ class Finetuner:
             tqdm.write("out of memory: now checkpointing every sampler step")
         return self._step()
 
+    def _blew_up(self, what: str) -> MMDLibError:
+        """The error for a run whose loss or gradient stopped being finite or whose weights blew up: every
+        checkpoint was written after a step that passed ``_step``'s checks, so the last one is good."""
+        saved, lr = self.folder.saved_iteration(), self.cfg.lr
+        if saved:
+            restart = (f"The last checkpoint, {self.folder.checkpoint} (iteration {saved}), was written before "
+                       f"this: continue from it with a smaller learning rate by rerunning the same command with "
+                       f"--resume --lr {lr / 10:g}.")
+        else:
+            restart = (f"No checkpoint was written yet (the first comes at iteration {self.cfg.save_every}): rerun "
+                       f"the same command with --overwrite --lr {lr / 10:g}.")
+        return MMDLibError(f"{what} at iteration {self.iteration} (lr {lr:g}); stopped. {restart}")
+
     def _step(self) -> tuple[float, float]:
+        if self._norm is None:
+            self._norm = torch.nn.utils.get_total_norm(self.unet.parameters()).item()
         loss = self.loss(self.iteration)
         if not torch.isfinite(loss):
-            raise MMDLibError(f"the loss became {loss.item()} at iteration {self.iteration}; stopped. The last "
-                              f"good state is {self.folder.checkpoint} (iteration {self.folder.saved_iteration()}). "
-                              f"Lower --lr or check the data.")
+            raise self._blew_up(f"the loss became {loss.item()}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.procs.average_gradients(self.unet.parameters())
         gnorm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
         if not torch.isfinite(gnorm):
-            raise MMDLibError(f"the gradient norm became {gnorm.item()} at iteration {self.iteration}; stopped "
-                              f"without stepping. The last good state is {self.folder.checkpoint}.")
-        self.opt.step()
+            raise self._blew_up(f"the gradient norm became {gnorm.item()}")
+        try:
+            self.opt.step()
+        except RuntimeError as e:  # Adam's step size lr / (1 - beta1^t) overflowing float32
+            if "overflow" not in str(e):
+                raise
+            raise self._blew_up("Adam's step overflowed") from None
+        before, self._norm = self._norm, torch.nn.utils.get_total_norm(self.unet.parameters()).item()
+        if not math.isfinite(self._norm) or self._norm > 2 * before:  # no sane step doubles the weights' norm
+            raise self._blew_up(f"the weights' norm went from {before:.4g} to {self._norm:.4g} in one Adam step")
         self.iteration += 1
         return loss.item(), gnorm.item()
 
@@ -340,7 +373,14 @@ class Finetuner:
         return save_grid(x, self.folder.path / "samples" / f"{name}.png")
 
     def run(self) -> Path:
-        """Finetune up to cfg.iterations, checkpointing and logging; export the pipeline; return its folder."""
+        """Finetune up to cfg.iterations, checkpointing and logging; export the pipeline; return its folder.
+        The folder's lock is released when it returns or fails."""
+        try:
+            return self._run()
+        finally:
+            self.folder.unlock()
+
+    def _run(self) -> Path:
         cfg = self.cfg
         if self.iteration == 0:
             self.save_grid("iter_000000")
@@ -350,18 +390,18 @@ class Finetuner:
             bar.write(f"checkpointing {self.checkpoint_steps} of {len(self.timesteps)} sampler steps (estimated "
                       f"{self.memory['estimate_gib']:.1f} GiB of activations, {self.memory['available_gib']:.1f} GiB "
                       f"available)")
-        while self.iteration < cfg.iterations:
-            t0 = time.perf_counter()
-            loss, gnorm = self.step()
-            self.folder.log({"iteration": self.iteration, "loss": f"{loss:.6g}", "grad_norm": f"{gnorm:.4g}",
-                             "seconds": f"{time.perf_counter() - t0:.4f}"})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-            if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations:
-                self.save_checkpoint()
-            if self.iteration % cfg.sample_every == 0 or self.iteration == cfg.iterations:
-                self.save_grid(f"iter_{self.iteration:06d}")
-        bar.close()
+        with bar:  # closed (its line ended) before an error is printed
+            while self.iteration < cfg.iterations:
+                t0 = time.perf_counter()
+                loss, gnorm = self.step()
+                self.folder.log({"iteration": self.iteration, "loss": f"{loss:.6g}", "grad_norm": f"{gnorm:.4g}",
+                                 "seconds": f"{time.perf_counter() - t0:.4f}"})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations:
+                    self.save_checkpoint()
+                if self.iteration % cfg.sample_every == 0 or self.iteration == cfg.iterations:
+                    self.save_grid(f"iter_{self.iteration:06d}")
         path = self.folder.path / "finetuned"
         if self.procs.main:
             save_pipeline(self.unet, path, cfg.budget, self.model.alphas_cumprod, cfg.spacing,

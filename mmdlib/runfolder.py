@@ -5,13 +5,20 @@
 ``checkpoint.pt`` weights, optimiser state and iteration, written atomically (a crash leaves the old one)
 ``log.csv``     one row per iteration (``LOG_FIELDS``)
 ``samples/``, ``finetuned/``  sample grids and the exported pipeline
+
+The main process holds an exclusive lock on the folder (``flock`` on the directory itself, so nothing is
+written into a folder it then refuses) from before it reads the folder until the run ends: a second run
+on the same folder is refused with the PID that holds it.
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +28,7 @@ from .errors import MMDLibError
 
 LOG_FIELDS = ("iteration", "loss", "grad_norm", "seconds")
 WRITTEN = ("run.json", "checkpoint.pt", "log.csv", "finetuned", "samples")  # what a run writes in its folder
+CHANGEABLE = ("lr",)  # identity settings --resume may change (a deliberate change, recorded in run.json)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -30,10 +38,47 @@ def _write_json(path: Path, obj: dict) -> None:
 def _load_plain(path: Path, map_location) -> dict:
     """torch.load restricted to tensors and plain data (``weights_only``): a crafted file cannot run code."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise MMDLibError(f"{str(path)!r} holds more than tensors and plain data, so it was not loaded (unpickling "
                           f"it could run code). mmdlib writes no such checkpoint; was it replaced?") from e
+    except Exception as e:  # empty (EOFError), truncated (RuntimeError), garbage (KeyError, ...)
+        what = "empty" if path.stat().st_size == 0 else f"truncated or not a torch file: {type(e).__name__}"
+        raise MMDLibError(f"{str(path)!r} is not a readable checkpoint ({what}); mmdlib writes checkpoints "
+                          f"atomically, so it was damaged or replaced after it was written. Restore it, or start "
+                          f"again with --overwrite.") from e
+    if not isinstance(state, dict) or not {"unet", "optimizer", "iteration"} <= state.keys():
+        raise MMDLibError(f"{str(path)!r} is a torch file but not an mmdlib checkpoint (it lacks unet, optimizer and "
+                          f"iteration). Restore it, or start again with --overwrite.")
+    return state
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """Refuse, in one line and creating nothing, an output folder that cannot be used: a file, a dangling
+    symlink, a path through a file, a name too long, a place where nothing can be created (tried with a
+    folder created and removed again in the nearest existing parent)."""
+    path = Path(path)
+    try:
+        if path.is_symlink() and not path.exists():
+            raise MMDLibError(f"the output folder {str(path)!r} is a symlink to {os.readlink(path)!r}, which does "
+                              f"not exist; create the target or choose another --out.")
+        if path.exists() and not path.is_dir():
+            raise MMDLibError(f"the output folder {str(path)!r} is a file; choose another --out.")
+        near = path.absolute()
+        while not near.exists():
+            near = near.parent
+        if not near.is_dir():
+            raise MMDLibError(f"the output folder {str(path)!r} is under {str(near)!r}, which is a file; choose "
+                              f"another --out.")
+        longest = os.pathconf(near, "PC_NAME_MAX")
+        for part in path.absolute().relative_to(near).parts:
+            if len(os.fsencode(part)) > longest:
+                raise OSError(36, "File name too long", part)
+        os.rmdir(tempfile.mkdtemp(prefix=".mmdlib-probe-", dir=near))
+    except OSError as e:
+        raise MMDLibError(f"cannot create the output folder {str(path)!r}: {e.strerror}; choose another "
+                          f"--out.") from None
+    return path
 
 
 class RunFolder:
@@ -43,10 +88,46 @@ class RunFolder:
         self.path, self.main = Path(path), main
         self.run_file, self.checkpoint, self.log_file = self.path / "run.json", self.path / "checkpoint.pt", \
             self.path / "log.csv"
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Create the folder if needed and hold an exclusive lock on it until ``unlock`` (or this process
+        ends); a folder another process holds is refused with its PID. The main process only."""
+        if not self.main or self._lock is not None:
+            return
+        check_output_folder(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            who = self.record() or {}
+            holder = f"PID {who['pid']} on {who.get('host', '?')}" if "pid" in who else "another process"
+            raise MMDLibError(f"the output folder {str(self.path)!r} is in use by {holder}, which is running a "
+                              f"finetune in it; wait for it to end (or stop it), or choose another --out. Nothing "
+                              f"was changed.") from None
+        self._lock = fd
+
+    def unlock(self) -> None:
+        """Release the lock ``lock`` took (nothing if it holds none)."""
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
 
     def record(self) -> dict | None:
         """What run.json says, or None where there is no run."""
-        return json.loads(self.run_file.read_text()) if self.run_file.exists() else None
+        if not self.run_file.exists():
+            return None
+        try:
+            return json.loads(self.run_file.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise MMDLibError(f"{str(self.run_file)!r} is not valid JSON (mmdlib writes it atomically, so it was "
+                              f"edited or replaced); restore it, or start again with --overwrite.") from None
 
     def saved_iteration(self) -> int:
         """The iteration of the last checkpoint (0 where there is none)."""
@@ -76,7 +157,8 @@ class RunFolder:
             raise MMDLibError(f"the output folder {str(self.path)!r} already holds a run (iteration "
                               f"{self.saved_iteration()} of {old.get('iterations')}); pass --resume to continue it, "
                               f"--overwrite to replace it, or choose another --out. Nothing was changed.")
-        diff = {k: (old["identity"].get(k), v) for k, v in identity.items() if old["identity"].get(k) != v}
+        diff = {k: (old["identity"].get(k), v) for k, v in identity.items()
+                if old["identity"].get(k) != v and k not in CHANGEABLE}
         if diff:
             raise MMDLibError(f"the output folder {str(self.path)!r} holds a different run; these settings differ "
                               f"(saved, requested): {diff}. Use another --out, or --overwrite. Nothing was changed.")
@@ -94,22 +176,37 @@ class RunFolder:
         return _load_plain(self.checkpoint, map_location)
 
     def start(self, record: dict, iteration: int, overwrite: bool) -> None:
-        """Write run.json (``record`` and the iteration) and cut the log back to ``iteration``; with
-        ``overwrite``, first remove what an earlier run wrote."""
+        """Write run.json (``record``, the iteration, this process's PID and a log of the CHANGEABLE settings
+        a resume changed) and cut the log back to ``iteration``; with ``overwrite``, first remove what an
+        earlier run wrote. Temporary files a killed process left behind are removed."""
         if not self.main:
             return
+        old = None if overwrite else self.record()
         if overwrite:
             for name in WRITTEN:
                 p = self.path / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_json(self.run_file, {**record, "iteration": iteration})
+        for name in ("run.json", "checkpoint.pt", "log.csv"):  # atomic_write's temporary names
+            for stale in self.path.glob(f".{name}-*"):
+                stale.unlink(missing_ok=True)
+        changes = list((old or {}).get("changes", []))
+        for k in CHANGEABLE if old else ():
+            if old["identity"].get(k) != record["identity"].get(k):
+                changes.append({"iteration": iteration, "setting": k, "from": old["identity"].get(k),
+                                "to": record["identity"].get(k)})
+        _write_json(self.run_file, {**record, "iteration": iteration, "pid": os.getpid(), "host": socket.gethostname(),
+                                    **({"changes": changes} if changes else {})})
         if self.log_file.exists():
             rows = [r for r in csv.DictReader(self.log_file.open()) if int(r["iteration"]) <= iteration]
-            with self.log_file.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-                w.writeheader()
-                w.writerows(rows)
+
+            def write(tmp: Path) -> None:
+                with tmp.open("w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+                    w.writeheader()
+                    w.writerows(rows)
+
+            atomic_write(self.log_file, write)
 
     def save(self, state: dict, iteration: int) -> None:
         """Write the checkpoint ``{**state, "iteration": iteration}`` atomically, then record its iteration."""

@@ -99,3 +99,180 @@ def test_bad_budgets_are_refused_before_any_work(monkeypatch, capsys, budgets, m
     monkeypatch.setattr("mmdlib.load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
     assert main(["evaluate", "--budgets", budgets, "--n", "10", "--seeds", "1"]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_with_the_holders_pid(tmp_path, tiny, capsys):
+    from mmdlib.runfolder import RunFolder
+
+    out = tmp_path / "run"
+    assert finetune(out) == 0
+    capsys.readouterr()
+    held = RunFolder(out)
+    held.lock()  # as a running finetune holds it (flock: a second descriptor conflicts, even in this process)
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"], ["--resume", "--iterations", "3"]):
+        assert finetune(out, *extra) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by PID {json.loads((out / 'run.json').read_text())['pid']}" in err and err.count("\n") == 1
+    assert snapshot(out) == before
+    held.unlock()
+    assert finetune(out, "--resume", "--iterations", "3") == 0  # free again; and the finished run let go of it
+
+
+def test_a_blow_up_keeps_the_last_finite_checkpoint_and_names_the_command_that_continues(tmp_path, tiny, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    assert finetune(out) == 0  # 2 iterations at the default lr, checkpoint at 2
+    good = torch.load(out / "checkpoint.pt", weights_only=True)
+    capsys.readouterr()
+    assert finetune(out, "--resume", "--iterations", "4", "--lr", "1e10") == 2  # Adam moves each weight by ~lr
+    err = capsys.readouterr().err
+    assert "in one Adam step at iteration 2 (lr 1e+10); stopped" in err and err.count("error:") == 1
+    assert "checkpoint.pt (iteration 2), was written before this" in err and "--resume --lr 1e+09" in err
+    kept = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert kept["iteration"] == 2 and all(torch.equal(kept["unet"][k], v) for k, v in good["unet"].items())
+    # the advice works: --resume accepts a changed lr, and run.json records each change
+    assert finetune(out, "--resume", "--iterations", "4", "--lr", "1e-4") == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["iteration"] == 4 and record["identity"]["lr"] == 1e-4
+    assert [(c["iteration"], c["to"]) for c in record["changes"]] == [(2, 1e10), (2, 1e-4)]
+    assert not any(torch.isfinite(p).logical_not().any() for p in
+                   torch.load(out / "checkpoint.pt", weights_only=True)["unet"].values())
+
+
+def test_a_blow_up_before_the_first_checkpoint_says_to_start_again(tmp_path, tiny, capsys):
+    assert finetune(tmp_path / "run", "--lr", "1e30", "--save-every", "5", "--iterations", "6") == 2
+    err = capsys.readouterr().err
+    assert "No checkpoint was written yet (the first comes at iteration 5)" in err and "--overwrite --lr 1e+29" in err
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "not a checkpoint"])
+def test_a_damaged_checkpoint_is_one_line_with_and_without_resume(tmp_path, tiny, capsys, damage):
+    import torch
+
+    out = tmp_path / "run"
+    assert finetune(out) == 0
+    ckpt = out / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    if damage == "not a checkpoint":
+        torch.save({"weights": torch.ones(2)}, ckpt)
+    else:
+        ckpt.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"hello " * 100}[damage])
+    before = snapshot(out)
+    capsys.readouterr()
+    assert finetune(out) == 2  # without --resume: run.json answers, the checkpoint is not read
+    assert "already holds a run (iteration 2 of 2)" in capsys.readouterr().err
+    assert finetune(out, "--resume", "--iterations", "3") == 2
+    err = capsys.readouterr().err
+    assert ("is not a readable checkpoint" in err or "is a torch file but not an mmdlib checkpoint" in err) and \
+        "--overwrite" in err and err.count("\n") == 1
+    assert snapshot(out) == before
+
+
+def test_a_damaged_run_json_is_one_line(tmp_path, tiny, capsys):
+    out = tmp_path / "run"
+    assert finetune(out) == 0
+    (out / "run.json").write_text('{"identity": ')
+    capsys.readouterr()
+    assert finetune(out, "--resume") == 2
+    assert "run.json' is not valid JSON" in capsys.readouterr().err
+
+
+def test_temporary_files_a_killed_run_left_are_removed_when_the_folder_is_next_used(tmp_path, tiny):
+    out = tmp_path / "run"
+    assert finetune(out) == 0
+    for name in (".checkpoint.pt-k1ll3d", ".run.json-x", ".log.csv-y"):
+        (out / name).write_bytes(b"")
+    (out / ".notes-keep").write_text("not ours")
+    assert finetune(out, "--resume", "--iterations", "3") == 0
+    assert sorted(p.name for p in out.glob(".*")) == [".notes-keep"]
+
+
+def test_a_killed_cache_builders_temporary_folder_is_removed_by_the_next_build(tmp_path, monkeypatch):
+    from mmdlib.cache import cached, config_key, full_key
+
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path))
+    stale = tmp_path / "kind" / f".{config_key(full_key({'a': 1}))}-x7"
+    (stale / "half").mkdir(parents=True)
+    folder = cached("kind", {"a": 1}, lambda tmp: (tmp / "v").write_text("1"))
+    assert (folder / "v").read_text() == "1" and not stale.exists()
+
+
+def _unwritable() -> str:
+    # a place even root cannot create a folder in (this machine's tests run as root)
+    if not __import__("os").path.isdir("/sys/kernel"):
+        pytest.skip("needs Linux's /sys")
+    return "/sys/mmdlib-test"
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling symlink", "unwritable", "too long"])
+def test_a_bad_out_is_one_line_before_any_loading(tmp_path, monkeypatch, capsys, kind):
+    monkeypatch.setattr("mmdlib.load_model", lambda *a, **k: pytest.fail("the model was loaded before --out was checked"))
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("a file of mine")
+    elif kind == "dangling symlink":
+        out.symlink_to(tmp_path / "nowhere")
+    elif kind == "unwritable":
+        out = _unwritable() + "/run"
+    else:
+        out = tmp_path / ("x" * 300)
+    before = snapshot(tmp_path)
+    assert finetune(out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and {"file": "is a file", "dangling symlink": "which does not exist",
+                                     "unwritable": "cannot create the output folder",
+                                     "too long": "File name too long"}[kind] in err
+    assert snapshot(tmp_path) == before and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("cache", ["a file", "unwritable"])
+def test_an_unusable_cache_is_one_line(tmp_path, tiny, monkeypatch, capsys, cache):
+    path = tmp_path / "cache"
+    if cache == "a file":
+        path.write_text("not a folder")
+    monkeypatch.setenv("MMDLIB_CACHE", str(path) if cache == "a file" else _unwritable())
+    assert finetune(tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "set MMDLIB_CACHE to a writable folder" in err and err.count("\n") == 1
+
+
+def test_a_relative_path_that_does_not_exist_is_not_taken_for_a_hub_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert main(["evaluate", "--model", "runs/missing", "--n", "10", "--seeds", "1"]) == 2
+    assert "there is no folder 'runs/missing'" in capsys.readouterr().err
+
+
+def _png_folder(folder, n=6, mode="L", size=8):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new(mode, (size, size), color=(40 * i) if mode == "L" else (40 * i, 0, 0)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_folder_datasets_need_a_root_name_a_damaged_image_and_keep_grayscale(tmp_path, tiny, capsys):
+    with pytest.raises(mmdlib.MMDLibError, match="the folder dataset needs the folder: pass --data-root DIR"):
+        mmdlib.get_dataset("folder", "all")
+    folder = _png_folder(tmp_path / "imgs")
+    assert mmdlib.get_dataset("folder", "all", root=folder)[0][0].shape == (3, 8, 8)  # RGB by default
+    assert mmdlib.get_dataset("folder", "all", root=folder, channels=1)[0][0].shape == (1, 8, 8)
+    # the CLI reads a folder with the model's channels: the tiny model has 1
+    assert finetune(tmp_path / "run", "--dataset", "folder", "--data-root", str(folder)) == 0
+    (folder / "3.png").write_bytes((folder / "3.png").read_bytes()[:20])
+    capsys.readouterr()
+    assert finetune(tmp_path / "run2", "--dataset", "folder", "--data-root", str(folder)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read the image {str(folder / '3.png')!r}" in err and err.count("error:") == 1
+    assert "Traceback" not in err
+
+
+def test_finetune_takes_inception_weights_only_with_inception_features(tmp_path, tiny, capsys):
+    assert finetune(tmp_path / "run", "--inception-weights", str(tmp_path / "w.pth")) == 2
+    assert "--inception-weights is for --features inception" in capsys.readouterr().err
+    assert main(["finetune", "--features", "inception", "--inception-weights", str(tmp_path / "w.pth"),
+                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    assert f"weights_path {str(tmp_path / 'w.pth')!r} is not a file" in capsys.readouterr().err
