@@ -55,6 +55,15 @@ def weights_hash(weights) -> str:
     return h.hexdigest()[:16]
 
 
+def trained_on(device) -> dict:
+    """The cache-key field naming the device class that trains an entry (other kernels, other weights): none
+    on the CPU, so the keys of CPU-trained entries are those they had before training could use a GPU."""
+    import torch
+
+    kind = torch.device(device).type
+    return {} if kind == "cpu" else {"device": kind}
+
+
 def config_key(config: dict) -> str:
     """A short stable hash of a JSON-serialisable config."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import cached, smoke_test, weights_hash
+from .cache import cached, smoke_test, trained_on, weights_hash
 from .errors import MMDLibError
 
 RANGE_TOLERANCE = 1e-3
@@ -238,20 +238,27 @@ def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.roll(F.pad(x, (1, 1, 1, 1)), (dy, dx), (2, 3))[..., 1:-1, 1:-1]
 
 
-def train_digits_net(cfg: DigitsNetConfig) -> tuple[DigitsNet, float, torch.Tensor, torch.Tensor]:
-    """Train on the digits train split; returns the net, its test-split accuracy, and the feature mean and
-    spread over the train split (spreads floored at a tenth of their median, so dead units are not blown up)."""
+def train_digits_net(cfg: DigitsNetConfig, device: str | torch.device = "auto"
+                     ) -> tuple[DigitsNet, float, torch.Tensor, torch.Tensor]:
+    """Train on the digits train split on ``device`` ("auto": CUDA when there is one; batches and shifts are
+    drawn on the CPU, so the CPU's numbers do not depend on it). Returns, on the CPU, the net, its test-split
+    accuracy, and the feature mean and spread over the train split (spreads floored at a tenth of their
+    median, so dead units are not blown up)."""
     from .data import digits_dataset
+    from .finetune import pick_device
 
+    device = pick_device(str(device))
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    (xtr, ytr), (xte, yte) = [(d.images.float(), d.labels) for d in (digits_dataset("train"), digits_dataset("test"))]
-    net = DigitsNet(cfg)
+    (xtr, ytr), (xte, yte) = [(d.images.float().to(device), d.labels.to(device))
+                              for d in (digits_dataset("train"), digits_dataset("test"))]
+    net = DigitsNet(cfg).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     for _ in range(cfg.epochs):
         net.train()
         for idx in torch.randperm(len(xtr), generator=g).split(64):
+            idx = idx.to(device)
             loss = F.cross_entropy(net(_shift(xtr[idx], g)), ytr[idx])
             opt.zero_grad()
             loss.backward()
@@ -262,7 +269,7 @@ def train_digits_net(cfg: DigitsNetConfig) -> tuple[DigitsNet, float, torch.Tens
         acc = (net(xte).argmax(1) == yte).float().mean().item()
         f = net.raw_features(xtr)
     sd = f.std(0)
-    return net, acc, f.mean(0), sd.clamp_min(0.1 * sd.median())
+    return net.cpu(), acc, f.mean(0).cpu(), sd.clamp_min(0.1 * sd.median()).cpu()
 
 
 class DigitsFeatures(FeatureExtractor):
@@ -271,17 +278,20 @@ class DigitsFeatures(FeatureExtractor):
     channels, size = 1, 8
 
     def __init__(self, name: str = "digits-a"):
+        from .finetune import pick_device
+
         super().__init__()
         self.name, cfg = name, DIGITS_NETS[name]
         if smoke_test():  # MMDLIB_SMOKE=1: one epoch, for tests of the notebooks
             cfg = dataclasses.replace(cfg, epochs=1)
+        device = pick_device()
 
         def build(tmp: Path) -> None:
-            net, acc, mean, std = train_digits_net(cfg)
+            net, acc, mean, std = train_digits_net(cfg, device)
             torch.save({"state_dict": net.state_dict(), "test_accuracy": acc, "mean": mean, "std": std},
                        tmp / "net.pt")
 
-        folder = cached("digits-net", {"name": name, **dataclasses.asdict(cfg)}, build)
+        folder = cached("digits-net", {"name": name, **dataclasses.asdict(cfg), **trained_on(device)}, build)
         ckpt = torch.load(folder / "net.pt", weights_only=True)
         self.net = DigitsNet(cfg)
         self.net.load_state_dict(ckpt["state_dict"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cached, smoke_test
+from .cache import cached, smoke_test, trained_on
 from .data import digits_dataset
 from .errors import MMDLibError
 from .schedules import alphas_cumprod, linear_betas
@@ -56,17 +56,23 @@ def make_unet(cfg: DigitsModelConfig, channels: int = 1, size: int = 8):
     )
 
 
-def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: bool = True, callback=None):
+def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: bool = True, callback=None,
+               device: str | torch.device = "auto"):
     """DDPM training (eq. 5): t ~ U{0..T-1}, minimise |eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t)|^2.
 
-    ``images`` are in [0, 1]; returns the EMA copy of the weights. ``callback(iteration, ema)`` runs after
-    every iteration (with a constant learning rate, the EMA after k iterations is exactly the model a
-    k-iteration run returns).
+    ``images`` are in [0, 1]; returns the EMA copy of the weights, on the CPU. Trains on ``device`` ("auto":
+    CUDA when there is one); batches and noise are drawn on the CPU and moved, so the CPU's numbers do not
+    depend on it. ``callback(iteration, ema)`` runs after every iteration, ``ema`` on ``device`` (with a
+    constant learning rate, the EMA after k iterations is exactly the model a k-iteration run returns).
     """
+    from .finetune import pick_device
+
+    device = pick_device(str(device))
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    ac = alphas_cumprod(linear_betas(cfg.T)).float()
-    x_all = images * 2 - 1
+    ac = alphas_cumprod(linear_betas(cfg.T)).float().to(device)
+    x_all = (images * 2 - 1).to(device)
+    unet.to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     decay = {"cosine": lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.iterations)), "constant": lambda i: 1.0}
@@ -76,9 +82,9 @@ def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: boo
     unet.train()
     bar = tqdm(range(cfg.iterations), desc="training the digits base model", disable=not progress)
     for it in bar:
-        x0 = x_all[torch.randint(len(x_all), (cfg.batch_size,), generator=g)]
-        t = torch.randint(cfg.T, (cfg.batch_size,), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
+        x0 = x_all[torch.randint(len(x_all), (cfg.batch_size,), generator=g).to(device)]
+        t = torch.randint(cfg.T, (cfg.batch_size,), generator=g).to(device)
+        eps = torch.randn(x0.shape, generator=g).to(device)
         a = ac[t].view(-1, 1, 1, 1)
         loss = (unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample - eps).square().mean()
         opt.zero_grad(set_to_none=True)
@@ -92,7 +98,7 @@ def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: boo
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if callback is not None:
             callback(it + 1, ema)
-    return ema.eval()
+    return ema.eval().cpu()
 
 
 # The default recipe's weights, shipped in the package (`python -m mmdlib.pretrain --out SHIPPED` regenerates them)
@@ -108,15 +114,16 @@ def default_config() -> DigitsModelConfig:
     return SMOKE_CONFIG if smoke_test() else DigitsModelConfig()
 
 
-def write_model(cfg: DigitsModelConfig, folder: Path, progress: bool = True) -> Path:
-    """Train the recipe ``cfg`` (seeded: the config alone determines the weights) and write a diffusers
-    folder (``unet/``, ``scheduler/``) and ``recipe.json`` to ``folder``."""
+def write_model(cfg: DigitsModelConfig, folder: Path, progress: bool = True,
+                device: str | torch.device = "auto") -> Path:
+    """Train the recipe ``cfg`` on ``device`` (seeded: the config and the device class determine the weights)
+    and write a diffusers folder (``unet/``, ``scheduler/``) and ``recipe.json`` to ``folder``."""
     from diffusers import DDPMScheduler
 
     folder = Path(folder)
     images = torch.stack([x for x, _ in digits_dataset("all")])
     torch.manual_seed(cfg.seed)  # the initial weights too
-    unet = train_ddpm(make_unet(cfg), images, cfg, progress)
+    unet = train_ddpm(make_unet(cfg), images, cfg, progress, device=device)
     unet.save_pretrained(folder / "unet")
     DDPMScheduler(num_train_timesteps=cfg.T, beta_schedule="linear", clip_sample=False).save_pretrained(
         folder / "scheduler")
@@ -146,12 +153,16 @@ def shipped_model_path() -> Path | None:
 
 def digits_model_path(cfg: DigitsModelConfig | None = None, progress: bool = True) -> Path:
     """The diffusers folder of the digits base model: the shipped weights for the default recipe, else
-    (another recipe, the smoke recipe, or a package without the weights) trained on first use and cached."""
+    (another recipe, the smoke recipe, or a package without the weights) trained on first use, on CUDA when
+    there is one, and cached under a key that names the device class."""
+    from .finetune import pick_device
+
     cfg = cfg or default_config()
     if cfg == DigitsModelConfig() and (shipped := shipped_model_path()) is not None:
         return shipped
-    return cached("base-model", {"kind": "digits-ddpm", **dataclasses.asdict(cfg)},
-                  lambda tmp: write_model(cfg, tmp, progress))
+    device = pick_device()
+    return cached("base-model", {"kind": "digits-ddpm", **dataclasses.asdict(cfg), **trained_on(device)},
+                  lambda tmp: write_model(cfg, tmp, progress, device))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,3 +35,25 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return Path(path)
+
+
+def fake_cuda(monkeypatch) -> list[tuple[int, ...]]:
+    """A mocked CUDA runtime on the CPU: mmdlib's device selection picks "cuda" for "auto", and a tensor or
+    module sent to "cuda" stays on the CPU. Returns the shapes of the tensors sent there (parameters and
+    buffers included)."""
+    import mmdlib.finetune
+
+    sent, to = [], torch.Tensor.to
+
+    def fake_to(self, *args, **kwargs):
+        devices = [a for a in (*args, kwargs.get("device")) if isinstance(a, (str, torch.device))]
+        if devices and torch.device(devices[0]).type == "cuda":
+            sent.append(tuple(self.shape))
+            args = tuple("cpu" if a is devices[0] else a for a in args)
+            kwargs = {k: "cpu" if v is devices[0] else v for k, v in kwargs.items()}
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(mmdlib.finetune, "pick_device",
+                        lambda name="auto": torch.device("cuda" if name == "auto" else name))
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    return sent

@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -96,6 +98,23 @@ def test_digits_nets_are_accurate_and_differentiable(name):
     assert out.shape == (4, f.dim)
     out.sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_digit_nets_train_on_cuda_when_there_is_one_and_the_cache_key_names_it(tmp_path, monkeypatch):
+    # CUDA mocked on the CPU: the net and the data are sent to "cuda", the net is cached apart from the
+    # CPU-trained one (whose key has no device field, as before), and moving is all that changes
+    from helpers import fake_cuda
+
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path))
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")  # one epoch
+    cpu = get_feature_extractor("digits-a")
+    sent = fake_cuda(monkeypatch)
+    cuda = get_feature_extractor("digits-a")
+    keys = [json.loads(p.read_text()) for p in (tmp_path / "digits-net").glob("*/config.json")]
+    assert sorted(k.get("device", "cpu") for k in keys) == ["cpu", "cuda"]
+    assert Counter(tuple(p.shape) for p in cuda.net.parameters()) <= Counter(sent)
+    assert tuple(mmdlib.digits_dataset("train").images.shape) in sent
+    assert cuda.identity()["weights"] == cpu.identity()["weights"]
 
 
 def test_the_two_digit_spaces_see_real_digits_differently():

@@ -1,5 +1,8 @@
+import dataclasses
+import json
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -59,9 +62,26 @@ def test_the_config_alone_determines_the_weights(tmp_path, monkeypatch):
         assert torch.equal(weights[0][k], weights[1][k]), k
 
 
+def test_training_runs_on_cuda_when_there_is_one_and_the_cache_key_names_it(tmp_path, monkeypatch):
+    # CUDA mocked on the CPU: the model, the images and every batch are sent to "cuda", the entry is cached
+    # apart from the CPU-trained one (whose key has no device field, as before), and moving is all that changes
+    from helpers import fake_cuda
+    from safetensors.torch import load_file
+
+    cfg = dataclasses.replace(TINY, iterations=3)
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path))
+    cpu = digits_model_path(cfg, progress=False)
+    sent = fake_cuda(monkeypatch)
+    cuda = digits_model_path(cfg, progress=False)
+    assert cuda != cpu and "device" not in json.loads((cpu / "config.json").read_text())
+    assert json.loads((cuda / "config.json").read_text())["device"] == "cuda"
+    assert Counter(tuple(p.shape) for p in make_unet(cfg).parameters()) <= Counter(sent)
+    assert (len(mmdlib.digits_dataset("all")), 1, 8, 8) in sent and sent.count((16, 1, 8, 8)) == 3  # noise
+    weights = [load_file(p / "unet" / "diffusion_pytorch_model.safetensors") for p in (cpu, cuda)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_the_default_recipe_loads_the_shipped_weights_verified_by_hash(tmp_path, monkeypatch):
-    import dataclasses
-    import json
     import shutil
 
     import mmdlib.pretrain as pretrain
