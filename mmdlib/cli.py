@@ -146,6 +146,9 @@ def cmd_demo(a: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmdlib", description="MMD-DDM: finetune diffusion models for few-step "
                                 "sampling with an MMD loss (Aiello et al., IEEE Access 2024).")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"mmdlib {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     ft = sub.add_parser("finetune", help="finetune a model for a sampling budget")
