@@ -223,6 +223,7 @@ class Finetuner:
         if cfg.batch_size % self.procs.world:
             raise MMDLibError(f"batch size {cfg.batch_size} (the global batch) does not divide among "
                               f"{self.procs.world} processes; use a multiple of {self.procs.world}.")
+        self.timesteps = timestep_subset(cfg.budget, model.T, cfg.spacing)  # refuses a bad budget before any file
         self.folder = RunFolder(cfg.out, main=self.procs.main)
         self.folder.lock()  # held until run() ends, or until __init__ fails
         try:
@@ -237,7 +238,6 @@ class Finetuner:
         resuming = self.folder.check(cfg.run_identity(), resume, overwrite, cfg.iterations)  # every rank, first
         self.progress = progress and self.procs.main
         self.device = self.procs.device(cfg.device)
-        self.timesteps = timestep_subset(cfg.budget, model.T, cfg.spacing)
         self.speed = resolve_speed(cfg.precision, cfg.compile, self.device)
         self.unet = self.speed.place(copy.deepcopy(model.unet), self.device).eval()
         self.model = dataclasses.replace(model, unet=self.unet)
