@@ -28,22 +28,25 @@ def code_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_there_are_the_five_chapters():
+def test_there_are_the_six_chapters():
     assert [nb.stem for nb in NOTEBOOKS] == ["1_theory", "2_finetuning", "3_evaluation", "4_feature_spaces",
-                                             "5_ablations"]
+                                             "5_ablations", "6_beyond_ddim"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_sources_have_badge_install_cell_parameters_and_no_outputs(path):
+def test_notebook_sources_have_a_hidden_install_cell_pinning_this_release_parameters_and_no_outputs(path):
+    import mmdlib
+
     nb = nbformat.read(path, as_version=4)
-    repo = urlparse(yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]).path.strip("/")
-    assert nb.cells[0].cell_type == "markdown"
-    assert f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name}" in nb.cells[0].source
-    badge = re.search(r"!\[Open in Colab\]\(([^)]+)\)", nb.cells[0].source).group(1)
-    # the same relative path works from notebooks/ (GitHub) and from book/, where the executed copy lands
-    assert (ROOT / "notebooks" / badge).resolve().is_file() and (ROOT / "book" / badge).resolve().is_file()
-    install = nb.cells[1].source
-    assert nb.cells[1].cell_type == "code" and 'if "google.colab" in sys.modules:' in install and "pip" in install
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {path.stem[0]}. ")
+    # the theme's launch buttons link to Colab, from _config.yml's repository: no hand-written link to go stale
+    assert not any("colab.research.google.com" in c.source for c in nb.cells)
+    install = nb.cells[1]
+    assert install.cell_type == "code" and 'if "google.colab" in sys.modules:' in install.source
+    assert f'"-m", "pip", "install", "-q",\n                    "mmdlib[metrics] @ git+{url}@v{mmdlib.__version__}"' \
+        in install.source  # the release that builds the book, from the one repository setting
+    assert install.metadata.get("tags") == ["remove-cell"]  # not shown in the book
     params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "mmdlib.smoke_test()" in nb.cells[params[0] + 1].source
     assert all(not c.outputs and c.execution_count is None for c in code_cells(nb)), "commit notebooks without outputs"
@@ -51,10 +54,9 @@ def test_notebook_sources_have_badge_install_cell_parameters_and_no_outputs(path
 
 def test_the_table_of_contents_lists_every_notebook_and_every_chapter_exists():
     files = toc_files()
-    assert all(f"book/{nb.stem}" in files for nb in NOTEBOOKS)
+    assert all(f"notebooks/{nb.stem}" in files for nb in NOTEBOOKS)  # each chapter at its source's path
     for f in files:
-        stem = Path(f).name
-        assert (ROOT / f"{f}.md").is_file() or (ROOT / "notebooks" / f"{stem}.ipynb").is_file(), f
+        assert (ROOT / f"{f}.md").is_file() or (ROOT / f"{f}.ipynb").is_file() or f == "book/build_report", f
 
 
 def _parameters(nb) -> tuple[str | None, dict]:
@@ -104,7 +106,7 @@ def test_no_measured_number_is_typed_on_the_results_page_or_in_the_chapters():
 def smoke_book(tmp_path_factory) -> Path:
     """The book's sources copied to a temporary root and built by book/build.py in smoke mode."""
     root = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb", "__pycache__"))
@@ -117,7 +119,7 @@ def smoke_book(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_notebook_executes_under_papermill(smoke_book, path):
-    nb = nbformat.read(smoke_book / "book" / path.name, as_version=4)
+    nb = nbformat.read(smoke_book / "_build" / "src" / "notebooks" / path.name, as_version=4)
     assert not nb.metadata["papermill"]["exception"]
     cells = code_cells(nb)
     assert all(c.execution_count is not None for c in cells)
@@ -131,8 +133,20 @@ def test_the_book_builds_strictly_with_a_page_per_chapter(smoke_book):
     for f in toc_files():
         assert (html / f"{f}.html").is_file(), f
     # executed notebooks are rendered from their outputs, figures included as image files
-    page = (html / "book" / "2_finetuning.html").read_text()
+    page = (html / "notebooks" / "2_finetuning.html").read_text()
     assert re.search(r'<img[^>]+src="\.\./_images/[0-9a-f]+\.png"', page)
+    # launch and download buttons, from _config.yml's repository; the Colab install cell is not shown
+    import mmdlib
+
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    repo = urlparse(url).path.strip("/")
+    assert f'href="https://colab.research.google.com/github/{repo}/blob/main/notebooks/2_finetuning.ipynb"' in page
+    assert 'href="../_sources/notebooks/2_finetuning.ipynb"' in page and f'href="{url}"' in page
+    assert "google.colab" not in page and f"mmdlib {mmdlib.__version__} · built from" in page
+    # the build report: every chapter's time, the machine and the versions, as the build measured them
+    report = (html / "book" / "build_report.html").read_text()
+    assert all(f"<td><p>{nb.stem}</p></td>" in report for nb in NOTEBOOKS) and "smoke" in report
+    assert f"<td><p>{mmdlib.__version__}</p></td>" in report and "logical cores" in report
     # the results page pastes the chapters' numbers and tables (a missing key fails the strict build)
     results = (html / "book" / "results.html").read_text()
     source = (ROOT / "book" / "results.md").read_text()
