@@ -75,6 +75,25 @@ def train_toy(data: torch.Tensor, iterations: int = 4000, batch: int = 512, lr: 
     return model.eval(), alphas_cumprod(linear_betas(T)), losses
 
 
+def trained_toy(data: torch.Tensor, iterations: int = 4000, batch: int = 512, lr: float = 1e-3, T: int = 1000,
+                seed: int = 0) -> tuple[ToyDenoiser, torch.Tensor, list[float]]:
+    """``train_toy``, trained once per setting and data and then loaded from $MMDLIB_CACHE (the theory
+    chapter would otherwise retrain it on every build of the book)."""
+    from .cache import cached, weights_hash
+
+    key = {"kind": "toy-ddpm", "data": weights_hash({"data": data}), "iterations": iterations, "batch": batch,
+           "lr": lr, "T": T, "seed": seed}
+
+    def build(tmp):
+        model, _, losses = train_toy(data, iterations, batch, lr, T, seed)
+        torch.save({"model": model.state_dict(), "losses": losses}, tmp / "toy.pt")
+
+    state = torch.load(cached("toy", key, build) / "toy.pt", weights_only=True)
+    model = ToyDenoiser()
+    model.load_state_dict(state["model"])
+    return model.eval(), alphas_cumprod(linear_betas(T)), state["losses"]
+
+
 def finetune_toy(model: nn.Module, data: torch.Tensor, ac: torch.Tensor, timesteps: Sequence[int],
                  iterations: int = 300, batch: int = 256, lr: float = 1e-4, kernel: str = "rbf", sigma: float = 0.1,
                  seed: int = 0) -> list[float]:

@@ -191,3 +191,16 @@ def test_the_nearest_distance_table_tells_copying_from_sampling():
     assert share["copies"] == 1.0 and abs(share["fresh"] - 0.1) < 0.03 and abs(share[analysis.REAL_ROW] - 0.1) < 0.01
     assert t.loc["copies", "median"] == pytest.approx(0.01) and t.loc[analysis.REAL_ROW, "median"] == pytest.approx(
         real.median().item())
+
+
+def test_the_toy_model_is_trained_once_and_then_loaded_as_it_was(monkeypatch):
+    data = toy.toy_data(300, seed=3)
+    trained, ac, losses = toy.train_toy(data, iterations=20, batch=64, seed=3)
+    first = toy.trained_toy(data, iterations=20, batch=64, seed=3)
+    monkeypatch.setattr(toy, "train_toy", lambda *a, **k: pytest.fail("the cached toy model was trained again"))
+    again, ac2, losses2 = toy.trained_toy(data, iterations=20, batch=64, seed=3)
+    for got in (first[0], again):
+        assert all(torch.equal(v, trained.state_dict()[k]) for k, v in got.state_dict().items())
+    assert losses2 == losses and torch.equal(ac2, ac) and not again.training
+    with pytest.raises(pytest.fail.Exception):  # other data: another entry
+        toy.trained_toy(data[:200], iterations=20, batch=64, seed=3)

@@ -276,3 +276,14 @@ def test_finetune_takes_inception_weights_only_with_inception_features(tmp_path,
     assert main(["finetune", "--features", "inception", "--inception-weights", str(tmp_path / "w.pth"),
                  "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
     assert f"weights_path {str(tmp_path / 'w.pth')!r} is not a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,msg", [(["--n", "0"], "n must be >= 2 generated samples per budget and seed, got 0"),
+                                      (["--n", "1"], "n must be >= 2 generated samples per budget and seed, got 1"),
+                                      (["--seeds", "0"], "seeds must be >= 1"),
+                                      (["--sampler", "euler"], "unknown sampler 'euler'")])
+def test_bad_evaluation_sizes_are_refused_before_any_loading(monkeypatch, capsys, args, msg):
+    monkeypatch.setattr("mmdlib.load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    assert main(["evaluate", *args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
