@@ -152,8 +152,9 @@ def folder_dataset(root: str | Path | None, size: int | None = None, split: str 
     files = _image_files(root) if root.is_dir() else []
     if not files:
         raise _missing("image folder", root, f"Point it at a folder holding {', '.join(sorted(IMAGE_SUFFIXES))} files.")
-    transform = _to_tensor_resized(size, mode="RGB" if channels == 3 else "L") if size else \
-        T.Compose([T.Lambda(lambda im: im.convert("RGB" if channels == 3 else "L")), T.ToTensor()])
+    mode = "RGB" if channels == 3 else "L"
+    transform = _to_tensor_resized(size, mode=mode) if size else \
+        T.Compose([T.Lambda(lambda im: im.convert(mode)), T.ToTensor()])
     return Transformed(files, transform, loader=_open_image)
 
 

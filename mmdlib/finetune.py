@@ -247,7 +247,6 @@ class Finetuner:
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                     **({"fused": True} if self.speed.fused_adam else {}))
         self.iteration = 0
-        self._norm: float | None = None  # the weights' norm after the last step (a blow-up check)
         # onto the CPU: load_state_dict moves it where the parameters are (accelerate names the CPU "cpu:0",
         # which torch.load cannot map to)
         ckpt = self.folder.load("cpu") if resuming else None
@@ -257,6 +256,7 @@ class Finetuner:
             for group in self.opt.param_groups:  # --resume --lr: a changed lr, recorded in run.json by start()
                 group["lr"] = cfg.lr
             self.iteration = ckpt["iteration"]
+        self._norm = torch.nn.utils.get_total_norm(self.unet.parameters()).item()  # for _step's blow-up check
         self.procs.barrier()  # every rank has checked and loaded before the main one writes
         self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations,
                            "timesteps": self.timesteps}, self.iteration, overwrite)
@@ -337,8 +337,6 @@ class Finetuner:
         return MMDLibError(f"{what} at iteration {self.iteration} (lr {lr:g}); stopped. {restart}")
 
     def _step(self) -> tuple[float, float]:
-        if self._norm is None:
-            self._norm = torch.nn.utils.get_total_norm(self.unet.parameters()).item()
         loss = self.loss(self.iteration)
         if not torch.isfinite(loss):
             raise self._blew_up(f"the loss became {loss.item()}")

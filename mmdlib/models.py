@@ -138,8 +138,8 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
     - ``"ddpm"``: a DDPMPipeline (DDPMScheduler, fixed-small variance, no clipping);
     - ``"dpmpp2m"``, ``"unipc"``: a DDPMPipeline with a DPMSolverMultistepScheduler (DPM-Solver++, order 2,
       midpoint) or a UniPCMultistepScheduler (bh2, order 2), both data prediction with a first-order last
-      step onto sigma = 0. The UniPC folder names ``mmdlib.UniPCPipelineScheduler``, diffusers' class with a
-      ``step`` that accepts the ``generator=`` DDPMPipeline passes (``mmdlib.pipeline_schedulers``).
+      step onto sigma = 0. The UniPC folder names ``mmdlib.pipeline_schedulers.UniPCPipelineScheduler``,
+      diffusers' class with a ``step`` that accepts the ``generator=`` DDPMPipeline passes.
 
     Called with the generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic
     steps included. ``mmdlib.json`` records the budget, its timesteps, the spacing, the sampler and eta. A
@@ -149,7 +149,6 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
 
     from .pipeline_schedulers import UniPCPipelineScheduler
-
     from .sampling import SPACING, resolve_spacing, sampler_kwargs
 
     sampler_kwargs(sampler, eta)  # a known sampler, and eta only where it applies

@@ -187,8 +187,8 @@ class RunFolder:
                 p = self.path / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in ("run.json", "checkpoint.pt", "log.csv"):  # atomic_write's temporary names
-            for stale in self.path.glob(f".{name}-*"):
+        for written in (self.run_file, self.checkpoint, self.log_file):  # atomic_write's temporary names
+            for stale in self.path.glob(f".{written.name}-*"):
                 stale.unlink(missing_ok=True)
         changes = list((old or {}).get("changes", []))
         for k in CHANGEABLE if old else ():
