@@ -19,6 +19,7 @@ class Preset:
     finetune: FinetuneConfig
     evaluation: EvalConfig
     reference_budget: int = 100  # the many-step budget whose FID the few-step gap is measured to
+    reference_seeds: int = 1  # its evaluation seeds: at 20 times the steps per sample of 5, one is the cost of most
 
     @property
     def measure(self) -> str:

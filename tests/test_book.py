@@ -2,6 +2,7 @@
 build: every code cell executed, no error output); the book builds strictly; a real browser (Debian's
 chromium driven by playwright) opens every page of the table of contents and finds every image, every
 internal link and the math."""
+import json
 import os
 import re
 import shutil
