@@ -1,28 +1,32 @@
 """Build the book: stage its sources in ``_build/src`` (``book/``, ``_toc.yml``, ``references.bib`` and a
 ``_config.yml`` whose footer shows mmdlib's version), execute every notebook in ``notebooks/`` with
-papermill (its default parameters; ``MMDLIB_SMOKE=1`` shrinks them to seconds) into
-``_build/src/notebooks/``, write the build report page (``book/build_report.md`` there: each chapter's
+papermill (its default parameters; ``MMDLIB_SMOKE=1`` shrinks them to seconds), two at a time by default,
+into ``_build/src/notebooks/``, write the build report page (``book/build_report.md`` there: each chapter's
 execution time, the machine, the package versions, the date and the commit), then build the HTML into
 ``_build/html`` with Jupyter Book in strict mode (warnings are errors). Each chapter's page thus has the
 path of its source in the repository, which the theme's Colab and download buttons use. Results are
 cached under ``$MMDLIB_CACHE``, so a rebuild reruns the notebooks without retraining.
 
-    python book/build.py [--root DIR] [--skip-html]
+    python book/build.py [--root DIR] [--skip-html] [--jobs N]
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
 REPORT = "build_report.md"  # the page every build writes into the staged book/ (not a file in the repository)
+TIMES = "chapter_times.json"  # the last build's chapter times, which order the next build's chapters
+LONGEST = ("6_beyond_ddim", "3_evaluation")  # the longest chapters from an empty cache (benchmarks/RESULTS.md)
 PACKAGES = ("mmdlib", "torch", "torchvision", "diffusers", "torch-fidelity", "open_clip_torch", "accelerate",
             "numpy", "scikit-learn", "papermill", "jupyter-book", "myst-nb")
 
@@ -47,23 +51,49 @@ def stage(root: Path) -> Path:
     return src
 
 
-def execute_notebooks(root: Path, src: Path) -> dict[str, float]:
-    """Execute each notebook of notebooks/ into src/notebooks/ (run from notebooks/, as a reader would); returns
-    its execution time in seconds, by notebook name."""
-    import papermill as pm
+def chapter_order(root: Path, notebooks: list[Path]) -> list[Path]:
+    """The notebooks, longest first, so that parallel workers finish together: by the previous build's
+    times (``_build/chapter_times.json``) when there are some, else the longest chapters from an empty cache
+    (``LONGEST``, measured in benchmarks/RESULTS.md) first and then the others in order."""
+    record = root / "_build" / TIMES
+    times = json.loads(record.read_text()) if record.exists() else {}
+    if set(times) >= {nb.stem for nb in notebooks}:
+        return sorted(notebooks, key=lambda nb: -times[nb.stem])
+    return sorted(notebooks, key=lambda nb: (LONGEST.index(nb.stem) if nb.stem in LONGEST else len(LONGEST), nb.stem))
 
-    times = {}
-    for nb in sorted((root / "notebooks").glob("*.ipynb")):
-        t0 = time.perf_counter()
+
+def execute_notebooks(root: Path, src: Path, jobs: int = 1) -> dict[str, float]:
+    """Execute each notebook of notebooks/ into src/notebooks/ with papermill (run from notebooks/, as a reader
+    would), ``jobs`` at a time, each kernel with its share of the CPU threads; returns each notebook's
+    execution time in seconds, in chapter order. Chapters share results through the cache, whose locks make
+    one wait for an entry another is computing rather than compute it twice."""
+    notebooks = sorted((root / "notebooks").glob("*.ipynb"))
+    logs = root / "_build" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs))) if jobs > 1 else None
+
+    def run(nb: Path) -> tuple[float, int]:
+        out, log = src / "notebooks" / nb.name, logs / f"{nb.stem}.log"
         print(f"executing {nb.relative_to(root)} ...", flush=True)
-        out = src / "notebooks" / nb.name
-        try:
-            pm.execute_notebook(nb, out, cwd=root / "notebooks", kernel_name="python3", progress_bar=False)
-        except pm.PapermillExecutionError as e:
-            sys.exit(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                     f"(the partly executed notebook is {out})")
-        times[nb.stem] = time.perf_counter() - t0
-        print(f"  done in {times[nb.stem]:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        with log.open("w") as f:
+            rc = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(out), "--cwd", str(nb.parent),
+                                 "--kernel", "python3", "--no-progress-bar"], stdout=f, stderr=subprocess.STDOUT,
+                                env=env).returncode
+        seconds = time.perf_counter() - t0
+        print(f"  {nb.stem} {'done' if rc == 0 else 'FAILED'} in {seconds:.0f} s", flush=True)
+        return seconds, rc
+
+    with ThreadPoolExecutor(jobs) as pool:
+        done = dict(zip(chapter_order(root, notebooks), pool.map(run, chapter_order(root, notebooks))))
+    failed = [nb for nb, (_, rc) in done.items() if rc]
+    if failed:
+        tails = "\n".join(f"--- {nb.name} (log: {logs / (nb.stem + '.log')}; the partly executed notebook is "
+                          f"{src / 'notebooks' / nb.name}):\n" + "\n".join(
+                              (logs / f"{nb.stem}.log").read_text().splitlines()[-15:]) for nb in failed)
+        sys.exit(f"{len(failed)} chapter(s) failed:\n{tails}")
+    times = {nb.stem: done[nb][0] for nb in notebooks}
+    (root / "_build" / TIMES).write_text(json.dumps(times))
     return times
 
 
@@ -95,7 +125,7 @@ def commit(root: Path) -> str:
     return head + (" with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def write_report(root: Path, src: Path, times: dict[str, float]) -> Path:
+def write_report(root: Path, src: Path, times: dict[str, float], jobs: int = 1, wall: float | None = None) -> Path:
     """src/book/build_report.md: what built the book, where, and how long each chapter took."""
     from mmdlib.cache import cache_dir, smoke_test
 
@@ -112,12 +142,14 @@ def write_report(root: Path, src: Path, times: dict[str, float]) -> Path:
         "times are papermill's execution of each notebook with its default parameters, with whatever the",
         "cache (`$MMDLIB_CACHE`) held at the start: a warm cache only loads trained models and scores. The",
         "HTML build that follows is not included.", "",
+        f"- notebooks: {jobs} at a time" + (f", {wall:,.0f} s from the first one's start to the last one's end ({wall / 60:.0f} min)"
+                                           if wall is not None else ""),
         f"- built: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- commit: `{commit(root)}`",
         f"- mode: {'smoke (MMDLIB_SMOKE=1: tiny models, meaningless numbers)' if smoke_test() else 'full'}",
         f"- cache: `{cache_dir()}`", "",
         "## Chapters", "", "| notebook | execution (s) |", "|---|---:|", rows,
-        f"| **all** | **{sum(times.values()):,.0f}** |", "",
+        f"| **sum** | **{sum(times.values()):,.0f}** |", "",
         "## Machine", "", *(f"- {k}: {v}" for k, v in machine().items()), "",
         "## Packages", "", "| package | version |", "|---|---|",
         *(f"| {name} | {version(name)} |" for name in PACKAGES), ""]
@@ -140,10 +172,18 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
                    help="the book's root (with _config.yml, _toc.yml, notebooks/ and book/)")
     p.add_argument("--skip-html", action="store_true", help="only execute the notebooks (and write the report)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="chapters executed at a time, each with its share of the CPU threads (default: 2, or 1 on "
+                        "one core): on two cores two one-thread kernels do about a third more work than one "
+                        "two-thread kernel")
     args = p.parse_args()
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     t0 = time.perf_counter()
     src = stage(args.root)
-    write_report(args.root, src, execute_notebooks(args.root, src))
+    t1 = time.perf_counter()
+    times = execute_notebooks(args.root, src, args.jobs)
+    write_report(args.root, src, times, args.jobs, time.perf_counter() - t1)
     if not args.skip_html:
         build_html(args.root, src)
     print(f"book built in {time.perf_counter() - t0:.0f} s: {args.root / '_build' / 'html' / 'index.html'}")

@@ -83,7 +83,8 @@ def test_notebook_defaults_are_the_preset_they_name(path):
     ft, ev = p.finetune, p.evaluation
     want = {"model": ft.model, "dataset": ft.dataset, "split": ft.split, "data_root": ft.data_root,
             "features": ft.features, "measure": p.measure, "budget": ft.budget, "iterations": ft.iterations,
-            "n_samples": ev.n, "seeds": len(ev.seeds), "reference": p.reference_budget}
+            "n_samples": ev.n, "seeds": len(ev.seeds), "reference": p.reference_budget,
+            "reference_seeds": p.reference_seeds}
     assert ev.dataset == ft.dataset and ev.split == ft.split and ev.spaces == (ft.features, p.measure)
     shared = {k: v for k, v in values.items() if k in want}
     assert {"model", "dataset", "features", "measure", "n_samples", "seeds"} <= set(shared), path.name
@@ -117,6 +118,50 @@ def smoke_book(tmp_path_factory) -> Path:
     return root
 
 
+def _build_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("book_build", ROOT / "book" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chapters_start_longest_first(tmp_path):
+    build = _build_module()
+    names = ["1_a", "2_b", "3_evaluation", "4_c", "6_beyond_ddim"]
+    nbs = [tmp_path / "notebooks" / f"{n}.ipynb" for n in names]
+    # no earlier build: the chapters measured longest from an empty cache, then the others in order
+    assert [nb.stem for nb in build.chapter_order(tmp_path, nbs)] == ["6_beyond_ddim", "3_evaluation", "1_a",
+                                                                      "2_b", "4_c"]
+    (tmp_path / "_build").mkdir()
+    (tmp_path / "_build" / build.TIMES).write_text(json.dumps(dict(zip(names, [5, 30, 1, 20, 2]))))
+    assert [nb.stem for nb in build.chapter_order(tmp_path, nbs)] == ["2_b", "4_c", "1_a", "6_beyond_ddim",
+                                                                      "3_evaluation"]
+    # a chapter the last build did not time (a new one): the default order again
+    assert build.chapter_order(tmp_path, nbs + [tmp_path / "notebooks" / "7_new.ipynb"])[0].stem == "6_beyond_ddim"
+
+
+@pytest.mark.slow
+def test_a_failing_chapter_is_named_with_its_error_after_the_others_finish(tmp_path):
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("*.ipynb", "__pycache__"))
+    (tmp_path / "notebooks").mkdir()
+    for name, code in (("1_ok", "x = 1"), ("2_bad", "raise ValueError('chapter two broke')"), ("3_ok", "y = 2")):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / "notebooks" / f"{name}.ipynb")
+    r = subprocess.run([sys.executable, str(tmp_path / "book" / "build.py"), "--root", str(tmp_path), "--jobs", "2",
+                        "--skip-html"], env=SMOKE_ENV, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "1 chapter(s) failed" in r.stderr and "2_bad.ipynb" in r.stderr and "chapter two broke" in r.stderr
+    for name in ("1_ok", "3_ok"):  # the others ran to the end
+        assert not nbformat.read(tmp_path / "_build" / "src" / "notebooks" / f"{name}.ipynb", 4).metadata[
+            "papermill"]["exception"]
+    assert not (tmp_path / "_build" / "chapter_times.json").exists()  # a failed build does not order the next
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_notebook_executes_under_papermill(smoke_book, path):
@@ -148,6 +193,7 @@ def test_the_book_builds_strictly_with_a_page_per_chapter(smoke_book):
     report = (html / "book" / "build_report.html").read_text()
     assert all(f"<td><p>{nb.stem}</p></td>" in report for nb in NOTEBOOKS) and "smoke" in report
     assert f"<td><p>{mmdlib.__version__}</p></td>" in report and "logical cores" in report
+    assert re.search(r"notebooks: \d at a time, [\d,]+ s from the first", report)
     # the results page pastes the chapters' numbers and tables (a missing key fails the strict build)
     results = (html / "book" / "results.html").read_text()
     source = (ROOT / "book" / "results.md").read_text()
