@@ -1,4 +1,4 @@
-"""Command line: ``python -m mmdlib {finetune,evaluate,demo} --help``."""
+"""Command line: ``python -m mmdlib {finetune,evaluate,demo,convert} --help``."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,8 @@ from .errors import MMDLibError
 from .finetune import FinetuneConfig
 
 HELP = {
-    "model": "base model: 'digits' (embedded), a registered name (cifar10, church), a hub id or a folder",
+    "model": "base model: 'digits' (embedded), a paper model (cifar10, church, celeba64, imagenet64: downloaded and "
+             "converted on first use), a hub id, a folder or an original checkpoint file",
     "dataset": "real data: digits, cifar10, celeba64, church, imagenet64, or a folder of images",
     "split": "dataset split: train, test or all",
     "data_root": "folder holding the dataset files (default data/<dataset>)",
@@ -143,6 +144,29 @@ def cmd_demo(a: argparse.Namespace) -> None:
                                         "feature_space", "budget")}))
 
 
+def cmd_convert(a: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+
+    from .convert import convert
+    from .runfolder import check_output_folder
+
+    out = check_output_folder(a.out)
+    if out.exists() and any(out.iterdir()) and not a.overwrite:
+        raise MMDLibError(f"{a.out!r} is not empty; pass --overwrite to replace it, or choose another --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # whole or nothing
+    try:
+        convert(a.src, tmp / "model", a.format, a.size, a.heads, a.dropout, a.schedule, a.timesteps,
+                not a.no_rescale_timesteps)
+        if out.exists():
+            shutil.rmtree(out)
+        (tmp / "model").rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {out}: mmdlib.load_model({str(out)!r}) or diffusers.DiffusionPipeline.from_pretrained")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmdlib", description="MMD-DDM: finetune diffusion models for few-step "
                                 "sampling with an MMD loss (Aiello et al., IEEE Access 2024).")
@@ -201,6 +225,27 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     de.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     de.set_defaults(func=cmd_demo)
+
+    from .convert import FORMATS
+    from .schedules import SCHEDULES
+
+    co = sub.add_parser("convert", help="an original DDPM-port or improved-diffusion checkpoint as a diffusers folder",
+                        description="Each format's defaults: " + "; ".join(
+                            f"{n}: size {f.size}, {f.schedule} betas over {f.T} steps, dropout {f.dropout}"
+                            for n, f in FORMATS.items()) + ". Everything else is read from the weights.")
+    co.add_argument("src", help="the checkpoint file (a state dict, a module.-prefixed one, or the DDIM code's list of "
+                                "states, whose EMA weights are taken)")
+    co.add_argument("--out", required=True, help="the folder to write (a diffusers pipeline)")
+    co.add_argument("--format", choices=list(FORMATS), default=None, help="default: detected from the keys")
+    co.add_argument("--size", type=int, default=None, help="image size (default: the format's)")
+    co.add_argument("--heads", type=int, default=4, help="improved-diffusion's attention heads (not in the weights)")
+    co.add_argument("--dropout", type=float, default=None, help="the training dropout to record (default: the format's)")
+    co.add_argument("--schedule", choices=list(SCHEDULES), default=None, help="betas (default: the format's)")
+    co.add_argument("--timesteps", type=int, default=None, help="T, the training steps (default: the format's)")
+    co.add_argument("--no-rescale-timesteps", action="store_true",
+                    help="improved-diffusion: feed the network t, not t * 1000 / T")
+    co.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    co.set_defaults(func=cmd_convert)
     return p
 
 

@@ -14,15 +14,43 @@ from .errors import MMDLibError
 from .schedules import alphas_cumprod as _alphas_cumprod
 from .schedules import linear_betas, timestep_subset
 
-# The paper's models (Sec. IV-A) that exist in diffusers format.
-HUB_MODELS = {"cifar10": "google/ddpm-cifar10-32", "church": "google/ddpm-ema-church-256"}
-# Registered so their names are known, but their checkpoints are not diffusers UNet2DModels.
-NOT_CONVERTIBLE = {
-    "celeba64": "the DDIM authors' CelebA 64x64 checkpoint (ermongroup/ddim, 'celeba' model)",
-    "imagenet64": "improved-diffusion's ImageNet 64x64 L_hybrid checkpoint (openai/improved-diffusion, "
-                  "imagenet64_uncond_100M_1500K.pt)",
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperCheckpoint:
+    """One of the paper's base models (Sec. IV-A), where its authors publish it."""
+
+    url: str
+    file: str  # the name it is stored under ($MMDLIB_CACHE/downloads/<file>)
+    format: str  # convert.FORMATS
+    size: int  # image size
+    md5: str | None  # published with it (None: its authors publish no hash; the SHA-256 taken is recorded)
+    ema: bool  # the EMA weights
+    source: str  # who published it, for the reference table
+    dropout: float  # its training dropout (not in the weights)
+    page: str = ""  # where a person downloads it by hand, when that differs from url
+
+
+_DDPM_PORT = "https://heibox.uni-heidelberg.de/f/{}/?dl=1"  # the DDIM code base's table (functions/ckpt_util.py)
+PAPER_MODELS = {
+    "cifar10": PaperCheckpoint(
+        _DDPM_PORT.format("2e4f01e2d9ee49bab1d5"), "ema_cifar10-model-790000.ckpt", "ddpm", 32,
+        "1fa350b952534ae442b1d5235cce5cd3", True, "DDPM (Ho et al. 2020), PyTorch port, as the DDIM code downloads it",
+        0.1),
+    "church": PaperCheckpoint(
+        _DDPM_PORT.format("44ccb50ef3c6436db52e"), "ema_lsun_church-model-4432000.ckpt", "ddpm", 256,
+        "fdc68a23938c2397caba4a260bc2445f", True, "DDPM (Ho et al. 2020), PyTorch port, as the DDIM code downloads it",
+        0.0),
+    "celeba64": PaperCheckpoint(
+        "https://drive.usercontent.google.com/download?id=1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR&export=download&confirm=t",
+        "ddim_celeba64-ckpt.pth", "ddpm", 64, None, True, "DDIM (Song et al. 2021), the authors' CelebA model", 0.1,
+        page="https://drive.google.com/file/d/1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR/view"),
+    "imagenet64": PaperCheckpoint(
+        "https://openaipublic.blob.core.windows.net/diffusion/march-2021/imagenet64_uncond_100M_1500K.pt",
+        "imagenet64_uncond_100M_1500K.pt", "improved-diffusion", 64, None, True,
+        "improved-diffusion (Nichol & Dhariwal 2021), L_hybrid, 1.5 M iterations", 0.0),
 }
-MODELS = ["digits", *HUB_MODELS, *NOT_CONVERTIBLE]
+MODELS = ["digits", *PAPER_MODELS]
 META_FILE = "mmdlib.json"
 
 
@@ -85,22 +113,26 @@ def _read_json(repo: str, names: Sequence[str], local: bool) -> dict | None:
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """A UNet2DModel and its alphas_cumprod: ``digits``, a registered name, a hub id or a local folder.
+    """A diffusers UNet and its alphas_cumprod: ``digits``, one of the paper's models (``PAPER_MODELS``), a hub
+    id, a local folder or an original checkpoint file (``mmdlib.convert``'s formats).
 
     The folder may be a pipeline (``unet/`` and ``scheduler/`` subfolders, as ``save_pipeline`` writes)
-    or a bare model folder with ``config.json`` and ``scheduler_config.json`` side by side.
+    or a bare model folder with ``config.json`` and ``scheduler_config.json`` side by side. A paper model is
+    downloaded from where its authors publish it, checked against its published MD5, converted and cached
+    under $MMDLIB_CACHE on first use; a checkpoint file is converted once, keyed by its SHA-256.
     """
-    from diffusers import UNet2DModel
+    from .convert import converted, paper_model
+    from .unets import UNET_CLASSES
 
-    if name_or_path in NOT_CONVERTIBLE:
-        raise MMDLibError(f"model {name_or_path!r} is not yet convertible: the paper used "
-                          f"{NOT_CONVERTIBLE[name_or_path]}, which is not in diffusers format. Convert it to a "
-                          f"diffusers UNet2DModel folder and pass its path.")
+    if name_or_path in PAPER_MODELS:
+        name_or_path = str(paper_model(name_or_path))  # downloaded, verified and converted once, then cached
+    elif Path(name_or_path).is_file():  # an original checkpoint: converted once (by its hash), then cached
+        name_or_path = str(converted(name_or_path))
     if name_or_path == "digits":
         from .pretrain import digits_model_path
 
         name_or_path = str(digits_model_path())
-    repo = HUB_MODELS.get(name_or_path, name_or_path)
+    repo = name_or_path
     local = Path(repo).is_dir()
     if not local and Path(repo).parent.is_dir() and str(Path(repo).parent) != ".":
         # "runs/missing" could be a hub id, but runs/ is a folder here: a local path that does not exist
@@ -108,16 +140,20 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
                           f"{str(Path(repo).parent)!r} exists here, so it is taken as a path, not a hub id).")
     if not local and (Path(repo).exists() or repo.startswith((".", "/", "~")) or repo.count("/") != 1):
         raise MMDLibError(f"model {name_or_path!r} is neither a known name ({', '.join(MODELS)}), a hub id "
-                          f"(owner/name) nor a folder.")
+                          f"(owner/name), a folder nor a checkpoint file.")
     try:
         sub = "unet" if (Path(repo) / "unet").is_dir() or (not local and _read_json(repo, ["unet/config.json"],
                                                                                        False)) else None
-        unet = UNet2DModel.from_pretrained(repo, subfolder=sub)
+        config = _read_json(repo, [f"{sub}/config.json" if sub else "config.json"], local) or {}
+        cls = UNET_CLASSES.get(config.get("_class_name", "UNet2DModel"))
+        if cls is None:
+            raise OSError(f"its UNet is a {config['_class_name']}, not one mmdlib knows ({', '.join(UNET_CLASSES)})")
+        unet = cls.from_pretrained(repo, subfolder=sub)
         sched = _read_json(repo, ["scheduler/scheduler_config.json", "scheduler_config.json"], local) or {}
         meta = _read_json(repo, [META_FILE], local) or {}
     except (OSError, ValueError) as e:
         if local:
-            raise MMDLibError(f"could not load a UNet2DModel from the folder {repo!r}: {e}") from e
+            raise MMDLibError(f"could not load a diffusers UNet from the folder {repo!r}: {e}") from e
         how = ("HF_HUB_OFFLINE=1 is set and there is no local copy in the Hugging Face cache. "
                if env_flag("HF_HUB_OFFLINE") else "The hub could not be reached. ")
         raise MMDLibError(f"could not load {repo!r}. {how}On a connected machine run `hf download {repo}` "

@@ -16,6 +16,19 @@ def linear_betas(T: int = 1000, start: float = 1e-4, end: float = 0.02) -> torch
     return torch.linspace(start, end, int(T), dtype=torch.float64)
 
 
+def cosine_betas(T: int = 4000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Improved DDPM's cosine schedule (Nichol & Dhariwal 2021, eq. 17), float64 [T]: alpha_bar(t) =
+    cos((t/T + s) / (1 + s) * pi/2)^2 and beta_t = 1 - alpha_bar((t+1)/T) / alpha_bar(t/T), clipped at
+    ``max_beta`` (diffusers' "squaredcos_cap_v2")."""
+    if int(T) != T or T < 1:
+        raise MMDLibError(f"T must be a positive integer, got {T!r}.")
+    f = np.cos((np.arange(int(T) + 1, dtype=np.float64) / T + s) / (1 + s) * np.pi / 2) ** 2
+    return torch.from_numpy(np.minimum(1 - f[1:] / f[:-1], max_beta))
+
+
+SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}  # name -> betas(T)
+
+
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     """alpha_bar_t = prod_{s<=t} (1 - beta_s): the marginal q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t)."""
     return torch.cumprod(1.0 - betas.double(), dim=0)

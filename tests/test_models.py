@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def test_hub_id_from_the_offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    m = load_model("cifar10")
+    m = load_model("google/ddpm-cifar10-32")  # reachable by its hub id; "cifar10" is the paper's EMA model
     assert m.source == "google/ddpm-cifar10-32" and m.T == 1000
 
 
@@ -46,12 +47,15 @@ def test_hub_id_offline_without_copy_says_how(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(mmdlib.MMDLibError, match="hf download google/ddpm-ema-church-256"):
-        load_model("church")
+        load_model("google/ddpm-ema-church-256")
 
 
-@pytest.mark.parametrize("name", ["celeba64", "imagenet64"])
-def test_not_convertible_names_the_checkpoint(name):
-    with pytest.raises(mmdlib.MMDLibError, match=f"model '{name}' is not yet convertible"):
+@pytest.mark.parametrize("name", ["cifar10", "church", "celeba64", "imagenet64"])
+def test_a_paper_model_not_downloaded_offline_names_its_url_and_place(name):
+    from mmdlib.models import PAPER_MODELS
+
+    with pytest.raises(mmdlib.MMDLibError, match=f"model '{name}' is not downloaded yet and this process is offline"
+                       f".*{re.escape(PAPER_MODELS[name].page or PAPER_MODELS[name].url)}.*downloads/"):
         load_model(name)
 
 
