@@ -76,13 +76,16 @@ def _missing(name: str, path: Path, how: str) -> MMDLibError:
     return MMDLibError(f"{name} data not found at {str(path)!r}. {how}")
 
 
-def _to_tensor_resized(size: int, crop: tuple[int, int, int, int] | None = None, mode: str = "RGB") -> Callable:
+def _to_tensor_resized(size: int, crop: tuple[int, int, int, int] | None = None, mode: str = "RGB",
+                       interpolation: str = "bicubic") -> Callable:
+    """PIL image -> float tensor: ``mode``, an optional crop (top, left, height, width), resize of the short side
+    to ``size`` (``interpolation``: "bilinear" is torchvision's default, which the DDIM code uses), centre crop."""
     from torchvision import transforms as T
 
     steps = [T.Lambda(lambda im: im.convert(mode))]
     if crop is not None:  # (top, left, height, width)
         steps.append(T.Lambda(lambda im: T.functional.crop(im, *crop)))
-    steps += [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.CenterCrop(size),
+    steps += [T.Resize(size, interpolation=T.InterpolationMode(interpolation), antialias=True), T.CenterCrop(size),
               T.ToTensor()]
     return T.Compose(steps)
 
@@ -101,12 +104,14 @@ def cifar10_dataset(split: str = "train", root: str | Path = "data/cifar10", dow
                        "or put torchvision's cifar-10-batches-py folder there.") from e
 
 
-# DDIM's CelebA preprocessing: a 128x128 crop centred at (x=89, y=121) of the aligned 178x218 image, then 64x64.
+# DDIM's CelebA preprocessing (its datasets/__init__.py): a 128x128 crop centred at (x=89, y=121) of the aligned
+# 178x218 image, then torchvision's default (bilinear) resize to 64x64.
 CELEBA_CROP = (57, 25, 128, 128)
 
 
 def celeba64_dataset(split: str = "train", root: str | Path = "data/celeba", download: bool = False) -> Dataset:
-    """CelebA (torchvision) cropped and resized to 64x64 as in the DDIM paper."""
+    """CelebA (torchvision's layout: ``root``/celeba/img_align_celeba/ and the list_*.txt files) cropped and
+    resized to 64x64 as the DDIM code does."""
     from torchvision import datasets
 
     _check_split(split)
@@ -115,9 +120,11 @@ def celeba64_dataset(split: str = "train", root: str | Path = "data/celeba", dow
                                target_type="identity", download=download)
     except RuntimeError as e:
         raise _missing("CelebA", Path(root) / "celeba", "Pass download=True on a connected machine (Google Drive "
-                       "quotas often refuse it), or place img_align_celeba/ and the list_*.txt files there "
-                       "as torchvision documents.") from e
-    return Transformed(base, _to_tensor_resized(64, CELEBA_CROP))
+                       "quotas often refuse it), or download 'Align&Cropped Images' (img_align_celeba.zip) and the "
+                       "annotation files list_eval_partition.txt, identity_CelebA.txt, list_attr_celeba.txt, "
+                       "list_bbox_celeba.txt and list_landmarks_align_celeba.txt from the CelebA page "
+                       "(mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and unpack them there.") from e
+    return Transformed(base, _to_tensor_resized(64, CELEBA_CROP, interpolation="bilinear"))
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -158,19 +165,61 @@ def folder_dataset(root: str | Path | None, size: int | None = None, split: str 
     return Transformed(files, transform, loader=_open_image)
 
 
+class LmdbImages(Dataset):
+    """The encoded images of an lmdb database (LSUN's format: key -> webp/jpeg bytes), read with the ``lmdb``
+    package (``pip install "mmdlib[lsun]"``), each through ``transform``."""
+
+    def __init__(self, path: str | Path, transform: Callable):
+        try:
+            import lmdb
+        except ImportError:
+            raise MMDLibError("reading LSUN's lmdb needs the lmdb package: pip install \"mmdlib[lsun]\" (or lmdb), "
+                              "or convert the images to a folder.") from None
+        self.path, self.transform, self._env = str(path), transform, None
+        try:
+            with lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False) as env, \
+                    env.begin() as txn:
+                self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        except lmdb.Error as e:
+            raise MMDLibError(f"cannot read the lmdb database {self.path!r} ({e}).") from None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getstate__(self):  # DataLoader workers open their own environment
+        return {**self.__dict__, "_env": None}
+
+    def __getitem__(self, i):
+        import io
+
+        import lmdb
+        from PIL import Image
+
+        if self._env is None:
+            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
+        with self._env.begin() as txn:
+            data = txn.get(self.keys[i])
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise MMDLibError(f"cannot decode the image under key {self.keys[i]!r} of {self.path!r} ({e}).") from None
+        return self.transform(img), 0
+
+
 def church_dataset(split: str = "train", root: str | Path = "data/church", download: bool = False) -> Dataset:
-    """LSUN Church-outdoor at 256x256: a folder of images, or torchvision's LSUN lmdb under ``root``."""
+    """LSUN Church-outdoor at 256x256 as the DDIM code reads it (bilinear resize of the short side, centre
+    crop): LSUN's ``church_outdoor_{train,val}_lmdb`` under ``root``, or a folder of images."""
     _check_split(split)
     root = Path(root)
     lmdb_name = "church_outdoor_val" if split == "test" else "church_outdoor_train"
     if (root / f"{lmdb_name}_lmdb").is_dir():
-        from torchvision import datasets
-
-        return Transformed(datasets.LSUN(str(root), classes=[lmdb_name]), _to_tensor_resized(256))
+        return LmdbImages(root / f"{lmdb_name}_lmdb", _to_tensor_resized(256, interpolation="bilinear"))
     if root.is_dir() and _image_files(root):
         return folder_dataset(root, size=256)
-    raise _missing("LSUN Church", root, f"Put the {lmdb_name}_lmdb folder (from the LSUN download script) or a folder "
-                   "of church images there; LSUN has no automatic download.")
+    raise _missing("LSUN Church", root, f"Download it with LSUN's script (github.com/fyu/lsun: python3 download.py "
+                   f"-c church_outdoor), unzip {lmdb_name}_lmdb.zip there and pip install \"mmdlib[lsun]\" (lmdb); or "
+                   "put a folder of church images there.")
 
 
 def imagenet64_dataset(split: str = "train", root: str | Path = "data/imagenet64", download: bool = False) -> Dataset:

@@ -85,3 +85,61 @@ def test_celeba_crop_is_ddim_crop():
     img[57:57 + 128, 25:25 + 128] = 255  # the DDIM crop window is all white, the rest black
     x = _to_tensor_resized(64, CELEBA_CROP)(Image.fromarray(img))
     assert x.shape == (3, 64, 64) and torch.allclose(x, torch.ones_like(x))
+
+
+def _ddim_celeba(img: Image.Image) -> torch.Tensor:
+    # the DDIM code's CelebA transform (datasets/__init__.py): Crop(x1=57, x2=185, y1=25, y2=153), i.e. rows
+    # 57:185 and columns 25:153, then transforms.Resize(64) with torchvision's defaults, then ToTensor
+    from torchvision import transforms
+
+    return transforms.ToTensor()(transforms.Resize(64)(img.crop((25, 57, 153, 185))))
+
+
+def test_celeba64_from_its_real_layout_equals_the_ddim_codes_transform(tmp_path, monkeypatch):
+    # torchvision's layout: celeba/img_align_celeba/*.jpg and the five annotation files (md5 skipped here)
+    folder = tmp_path / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"{i:06d}.jpg" for i in (1, 2, 3, 4)]
+    for n in names:
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(folder / "img_align_celeba" / n)
+    (folder / "list_eval_partition.txt").write_text("".join(f"{n} {s}\n" for n, s in zip(names, (0, 0, 2, 2))))
+    (folder / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    (folder / "list_bbox_celeba.txt").write_text("4\nimage_id x_1 y_1 width height\n"
+                                                 + "".join(f"{n} 1 2 3 4\n" for n in names))
+    (folder / "list_landmarks_align_celeba.txt").write_text(
+        "4\n" + " ".join(f"p{i}" for i in range(10)) + "\n" + "".join(f"{n} " + " ".join(["1"] * 10) + "\n"
+                                                                      for n in names))
+    (folder / "list_attr_celeba.txt").write_text("4\n" + " ".join(f"a{i}" for i in range(40)) + "\n"
+                                                 + "".join(f"{n} " + " ".join(["-1"] * 40) + "\n" for n in names))
+    monkeypatch.setattr("torchvision.datasets.celeba.check_integrity", lambda *a, **k: True)
+    train, test = get_dataset("celeba64", "train", root=tmp_path), get_dataset("celeba64", "test", root=tmp_path)
+    assert len(train) == 2 and len(test) == 2
+    x = train[1][0]
+    assert x.shape == (3, 64, 64)
+    with Image.open(folder / "img_align_celeba" / names[1]) as im:
+        assert torch.allclose(x, _ddim_celeba(im.convert("RGB")), atol=1e-6)
+
+
+def test_church_from_lsuns_lmdb_equals_the_ddim_codes_transform(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    import io
+
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)) for _ in range(3)]
+    db = tmp_path / "church_outdoor_train_lmdb"
+    with lmdb.open(str(db), map_size=1 << 26) as env, env.begin(write=True) as txn:
+        for i, im in enumerate(images):  # LSUN's layout: a hex key per image, webp bytes
+            buf = io.BytesIO()
+            im.save(buf, format="webp", lossless=True)
+            txn.put(f"{i:040x}".encode(), buf.getvalue())
+    ds = get_dataset("church", "train", root=tmp_path)
+    x, y = ds[2]
+    assert len(ds) == 3 and x.shape == (3, 256, 256) and y == 0
+    # the DDIM code's LSUN transform: Resize(256), CenterCrop(256), ToTensor (torchvision's defaults)
+    want = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(256), transforms.ToTensor()])(images[2])
+    assert torch.allclose(x, want, atol=1e-6)
+    with pytest.raises(mmdlib.MMDLibError, match="LSUN Church data not found.*download.py -c church_outdoor"):
+        get_dataset("church", "test", root=tmp_path)  # no val lmdb, no images
