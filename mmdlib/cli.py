@@ -29,6 +29,9 @@ HELP = {
     "adam_betas": "Adam betas",
     "adam_eps": "Adam epsilon",
     "iterations": "finetuning iterations",
+    "dropout": "dropout through the chain while finetuning: none (the network in eval mode) or p (train mode, every "
+               "dropout layer at p; the official code uses the model's training dropout, 0.1 for CIFAR-10 and CelebA)",
+    "flip": "mirror the real images at random, yes or no (the official code does)",
     "grad_clip": "maximum gradient norm",
     "checkpointing": "recompute sampler steps in the backward pass (less memory, same gradients): auto (the fewest "
                      "steps that fit in --memory-gib), all or none",

@@ -48,6 +48,22 @@ class Transformed(Dataset):
         return self.transform(img), int(label)
 
 
+class Mirrored(Dataset):
+    """``base`` and its horizontal mirror images: item i < n is base[i], item n + i its mirror. Drawing
+    uniformly from 2n items is drawing an image and flipping it with probability 1/2 (the official code's
+    ``RandomHorizontalFlip``), reproducibly from the draw's seed, and precomputed features cover both."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return 2 * len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i % len(self.base)]
+        return (x.flip(-1) if i >= len(self.base) else x), y
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise MMDLibError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}.")

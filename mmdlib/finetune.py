@@ -8,6 +8,7 @@ evaluation or figure ever reuses a training latent.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import functools
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .data import Mirrored
 from .errors import MMDLibError
 from .evaluate import grid_samples
 from .features import FEATURES, FeatureExtractor, get_feature_extractor
@@ -45,6 +47,28 @@ def _setting(default, group: str, identity: bool | None = None, **meta):
     return dataclasses.field(default=default, metadata={"group": group, "identity": identity, **meta})
 
 
+def _yes_no(text: str) -> bool:
+    """A command-line boolean: yes/no, true/false, on/off or 1/0."""
+    value = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+    if str(text).lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return value[str(text).lower()]
+
+
+def _float_or_none(text: str) -> float | None:
+    """A command-line number, or none."""
+    if str(text).lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
+# settings added after 0.1.0, left out of a run's identity while off, so runs from before keep theirs
+OFF_SINCE_0_1 = {"dropout": None, "flip": False}
+
+
 @dataclasses.dataclass
 class FinetuneConfig:
     """The one source of defaults for the CLI, the notebooks and papermill (paper Sec. IV-A); the named
@@ -68,6 +92,10 @@ class FinetuneConfig:
     adam_eps: float = _setting(1e-8, "method")
     iterations: int = _setting(500, "method", identity=False)  # may grow on --resume
     grad_clip: float = _setting(0.5, "method")  # max gradient norm (the official code clips at 0.5)
+    # None: the network in eval mode through the chain (no dropout); p: train mode, every dropout layer at p (the
+    # official code finetunes in train mode at the model's training dropout: 0.1 for CIFAR-10 and CelebA)
+    dropout: float | None = _setting(None, "method", type=_float_or_none)
+    flip: bool = _setting(False, "method", type=_yes_no)  # real images mirrored at random (the official code does)
     seed: int = _setting(0, "method")
     # execution: the same math however it runs, except precision, which changes the numbers
     checkpointing: str = _setting("auto", "execution")  # recompute sampler steps in backward: "auto", "all", "none"
@@ -112,6 +140,9 @@ class FinetuneConfig:
             raise MMDLibError(f"grad_clip (the largest gradient norm) must be a finite number > 0, got "
                               f"{self.grad_clip}; the paper's code clips at 0.5.")
         sampler_kwargs(self.sampler, self.eta)
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise MMDLibError(f"dropout must be None (eval mode, no dropout) or a probability in [0, 1), got "
+                              f"{self.dropout}.")
         stream_seed("train", self.seed, 0)  # the seed is in range
         if self.iterations * self.batch_size > MAX_INDEX + 1:
             raise MMDLibError(f"iterations x batch size = {self.iterations * self.batch_size:,} generated samples; a "
@@ -128,6 +159,9 @@ class FinetuneConfig:
         """What makes two runs the same run: the fields declared part of the identity (``_setting``)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
         d["adam_betas"], d["timestep_spacing"] = list(d["adam_betas"]), self.spacing
+        for name, off in OFF_SINCE_0_1.items():
+            if d[name] == off:
+                del d[name]
         return d
 
 
@@ -217,7 +251,8 @@ class Finetuner:
     def __init__(self, model: LoadedModel, dataset: Dataset, cfg: FinetuneConfig,
                  extractor: FeatureExtractor | None = None, resume: bool = False, overwrite: bool = False,
                  progress: bool = True):
-        self.cfg, self.dataset = cfg.check(), dataset
+        self.cfg = cfg.check()
+        self.dataset = Mirrored(dataset) if cfg.flip else dataset
         check_fit(model, dataset)
         self.procs = _Processes(cfg.device)
         if cfg.batch_size % self.procs.world:
@@ -240,6 +275,10 @@ class Finetuner:
         self.device = self.procs.device(cfg.device)
         self.speed = resolve_speed(cfg.precision, cfg.compile, self.device)
         self.unet = self.speed.place(copy.deepcopy(model.unet), self.device).eval()
+        if cfg.dropout is not None:  # train mode in _step, with every dropout layer at this p
+            for m in self.unet.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = cfg.dropout
         self.model = dataclasses.replace(model, unet=self.unet)
         self.extractor = self.speed.place(extractor or get_feature_extractor(cfg.features), self.device)
         # the sampler calls `self.net`; compiled or not, it shares its parameters with `self.unet`
@@ -296,12 +335,17 @@ class Finetuner:
 
     def loss(self, it: int) -> torch.Tensor:
         """Iteration ``it``'s MMD-DDM loss on the global batch: this process generates its share of the
-        "train" draws, and the features are all-gathered with their gradient."""
-        return mmd_ddm_loss(self.net, self.extractor, self.real(it),
+        "train" draws, and the features are all-gathered with their gradient. With dropout on, torch's global
+        generator is seeded from the run's "dropout" stream just before the chain (after the real batch and the
+        memory plan, which draw from it too), so a resumed run repeats the masks."""
+        real, steps = self.real(it), self.checkpoint_steps
+        if self.cfg.dropout is not None:
+            torch.manual_seed(stream_seed("dropout", self.cfg.seed, it * self.procs.world + self.procs.rank))
+        return mmd_ddm_loss(self.net, self.extractor, real,
                             _noise_seeds(self.cfg, it, (self.procs.rank, self.procs.world)),
                             shape=self.model.sample_shape, timesteps=self.timesteps,
                             alphas_cumprod=self.model.alphas_cumprod, sampler=self.cfg.sampler, kernel=self.cfg.kernel,
-                            checkpoint=self.checkpoint_steps, device=self.device, autocast=self._autocast,
+                            checkpoint=steps, device=self.device, autocast=self._autocast,
                             gather=self.procs.gather_with_grad, **self._sampler_kw)
 
     def step(self) -> tuple[float, float]:
@@ -337,6 +381,7 @@ class Finetuner:
         return MMDLibError(f"{what} at iteration {self.iteration} (lr {lr:g}); stopped. {restart}")
 
     def _step(self) -> tuple[float, float]:
+        self.unet.train(self.cfg.dropout is not None)
         loss = self.loss(self.iteration)
         if not torch.isfinite(loss):
             raise self._blew_up(f"the loss became {loss.item()}")
@@ -366,6 +411,7 @@ class Finetuner:
         the main process."""
         if not self.procs.main:
             return None
+        self.unet.eval()
         x = grid_samples(self.model, self.cfg.budget, timestep_spacing=self.cfg.spacing, sampler=self.cfg.sampler,
                          eta=self.cfg.eta, device=self.device)
         return save_grid(x, self.folder.path / "samples" / f"{name}.png")
@@ -400,6 +446,7 @@ class Finetuner:
                     self.save_checkpoint()
                 if self.iteration % cfg.sample_every == 0 or self.iteration == cfg.iterations:
                     self.save_grid(f"iter_{self.iteration:06d}")
+        self.unet.eval()
         path = self.folder.path / "finetuned"
         if self.procs.main:
             save_pipeline(self.unet, path, cfg.budget, self.model.alphas_cumprod, cfg.spacing,

@@ -23,6 +23,7 @@ PURPOSES = (
     "interpolation",  # end points of latent interpolations (eq. 8)
     "toy",            # the theory chapter's 2-D toy (data, training, sampling)
     "memory-plan",    # the stand-in batch that measures activation memory before a run (no result depends on it)
+    "dropout",        # torch's global generator before each finetuning step with dropout on: index = iteration
 )
 PURPOSE_BITS, SEED_BITS, INDEX_BITS = 3, 8, 21
 MAX_SEED, MAX_INDEX = 2**SEED_BITS - 1, 2**INDEX_BITS - 1

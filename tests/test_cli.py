@@ -150,13 +150,30 @@ def test_flags_not_given_come_from_the_preset_named_like_the_dataset():
         PRESETS["cifar10"].finetune, lr=1e-5, adam_betas=(0.5, 0.9))
 
 
+def test_each_paper_dataset_has_a_preset_following_the_papers_text():
+    from mmdlib.models import PAPER_MODELS
+    from mmdlib.presets import PRESETS
+    from mmdlib.reported import DATASET_TABLE, TABLES
+
+    for name in PAPER_MODELS:
+        ft, ev = PRESETS[name].finetune, PRESETS[name].evaluation
+        assert (ft.model, ft.dataset, ft.split, ft.features) == (name, name, "train", "inception")
+        assert (ft.batch_size, ft.lr, tuple(ft.adam_betas), ft.adam_eps, ft.kernel, ft.sampler, ft.eta) == (
+            128, 5e-6, (0.9, 0.999), 1e-8, "cubic", "ddim", 0.0)  # Sec. IV-A
+        assert ft.dropout is None and ft.flip is False  # the text says nothing of either (the code does both)
+        assert ev.spaces == ("inception", "clip") and ev.n == 50000 and ev.split == "train"
+        assert [f"|T|={b}" for b in ev.budgets] == TABLES[DATASET_TABLE[name]]["columns"]
+
+
 def test_every_setting_declares_its_group_and_only_method_settings_and_precision_make_a_run():
-    from mmdlib.finetune import FinetuneConfig
+    from mmdlib.finetune import OFF_SINCE_0_1, FinetuneConfig
 
     fields = dataclasses.fields(FinetuneConfig)
     assert {f.metadata["group"] for f in fields} == {"method", "execution", "output"}
-    identity = set(FinetuneConfig().run_identity())
-    assert identity == {f.name for f in fields if f.metadata["group"] == "method"} - {"iterations"} | {"precision"}
+    identity = set(FinetuneConfig().run_identity())  # settings added since 0.1.0 count only when on
+    assert identity == {f.name for f in fields if f.metadata["group"] == "method"} - {"iterations", *OFF_SINCE_0_1} \
+        | {"precision"}
+    assert set(FinetuneConfig(dropout=0.1, flip=True).run_identity()) == identity | set(OFF_SINCE_0_1)
     base = FinetuneConfig(out="a")
     for f in fields:  # what an output or execution setting is set to never makes another run
         if f.metadata["group"] != "method" and f.name != "precision":

@@ -53,12 +53,14 @@ def test_finetuning_lowers_the_mmd_it_optimises(tmp_path):
     torch.testing.assert_close(pipe.unet.state_dict()["conv_in.weight"], ft.unet.state_dict()["conv_in.weight"])
 
 
-def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [{}, {"dropout": 0.3}, {"flip": True}], ids=["paper", "dropout", "flips"])
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch, extra):
     ds = mmdlib.digits_dataset("train")
-    straight = Finetuner(tiny_model(), ds, cfg(tmp_path / "a"), progress=False)
+    make = lambda path: cfg(path, **extra)  # noqa: E731
+    straight = Finetuner(tiny_model(), ds, make(tmp_path / "a"), progress=False)
     straight.run()
 
-    interrupted = Finetuner(tiny_model(), ds, cfg(tmp_path / "b"), progress=False)
+    interrupted = Finetuner(tiny_model(), ds, make(tmp_path / "b"), progress=False)
     real_loss = Finetuner.loss
 
     def crash_at_3(self, it, *a):
@@ -70,7 +72,7 @@ def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
     monkeypatch.setattr(Finetuner, "loss", real_loss)
-    resumed = Finetuner(tiny_model(), ds, cfg(tmp_path / "b"), resume=True, progress=False)
+    resumed = Finetuner(tiny_model(), ds, make(tmp_path / "b"), resume=True, progress=False)
     assert resumed.iteration == 2
     resumed.run()
     a, b = weights(straight.unet), weights(resumed.unet)
@@ -79,6 +81,42 @@ def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
         torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
     rows = list(csv.DictReader((tmp_path / "b" / "run" / "log.csv").open()))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_dropout_and_flips_as_the_official_code_finetunes(tmp_path):
+    from mmdlib.data import Mirrored
+
+    ds = mmdlib.digits_dataset("train")
+    m = Mirrored(ds)
+    assert len(m) == 2 * len(ds) and torch.equal(m[len(ds) + 5][0], ds[5][0].flip(-1)) and torch.equal(m[5][0], ds[5][0])
+    plain = Finetuner(tiny_model(), ds, cfg(tmp_path / "plain"), progress=False)
+    dropped = Finetuner(tiny_model(), ds, cfg(tmp_path / "dropout", dropout=0.5), progress=False)
+    flipped = Finetuner(tiny_model(), ds, cfg(tmp_path / "flip", flip=True), progress=False)
+    assert len(flipped.dataset) == 2 * len(ds) and flipped.real.features.shape[0] == 2 * len(ds)
+    assert all(mod.p == 0.5 for mod in dropped.unet.modules() if isinstance(mod, torch.nn.Dropout))
+    with torch.no_grad():  # the same iteration's loss: dropout changes it, eval mode does not
+        plain.unet.eval(), dropped.unet.train()
+        assert plain.loss(0).item() != dropped.loss(0).item()
+        dropped.unet.eval()
+        assert plain.loss(0).item() == dropped.loss(0).item()
+    dropped.run()
+    assert not dropped.unet.training  # what is exported and evaluated has no dropout
+    # runs from before these settings keep their identity while the settings are off
+    assert "dropout" not in plain.cfg.run_identity() and "flip" not in plain.cfg.run_identity()
+    assert dropped.cfg.run_identity()["dropout"] == 0.5 and flipped.cfg.run_identity()["flip"] is True
+    with pytest.raises(mmdlib.MMDLibError, match="dropout must be None .* or a probability in \\[0, 1\\), got 1.5"):
+        FinetuneConfig(dropout=1.5).check()
+
+
+def test_dropout_and_flip_flags():
+    from mmdlib.cli import build_parser, config_from_args
+
+    parse = lambda *a: config_from_args(build_parser().parse_args(["finetune", *a]))  # noqa: E731
+    assert parse().dropout is None and parse().flip is False
+    assert parse("--dropout", "0.1", "--flip", "yes").dropout == 0.1 and parse("--flip", "on").flip is True
+    assert parse("--dropout", "none").dropout is None
+    with pytest.raises(SystemExit):
+        parse("--flip", "maybe")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
