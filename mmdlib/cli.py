@@ -17,7 +17,7 @@ HELP = {
     "dataset": "real data: digits, cifar10, celeba64, church, imagenet64, or a folder of images",
     "split": "dataset split: train, test or all",
     "data_root": "folder holding the dataset files (default data/<dataset>)",
-    "features": "feature space of the MMD loss: inception, clip, digits-a, digits-b",
+    "features": "feature space of the MMD loss: inception, inception-spatial, clip, digits-a, digits-b",
     "kernel": "MMD kernel: cubic (paper default), linear, rbf",
     "budget": "the sampling budget |tau| to finetune for (diffusers' num_inference_steps)",
     "timestep_spacing": "which |tau| of the T timesteps: auto (the sampler's own: linear for ddim and ddpm, trailing "
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
     ev.add_argument("--budgets", default=",".join(map(str, e.budgets)), help="comma-separated sampling budgets")
     ev.add_argument("--features", default=",".join(e.spaces),
-                    help="comma-separated feature spaces (inception adds the Inception Score; clip gives FID_CLIP)")
+                    help="comma-separated feature spaces (inception adds the Inception Score; inception-spatial gives "
+                         "sFID; clip gives FID_CLIP)")
     ev.add_argument("--n", type=int, default=e.n, help="generated samples per budget and seed")
     ev.add_argument("--seeds", type=int, default=len(e.seeds),
                     help="number of evaluation seeds, 0..k-1 (mean and std are reported)")

@@ -215,8 +215,9 @@ def extractors_for(spaces: Sequence[str], device=None, weights_path: str | None 
     """The feature extractor of each space, on ``device`` (``weights_path``: a local Inception weights file)."""
     from .features import get_feature_extractor
 
-    return {s: get_feature_extractor(s, **({"weights_path": weights_path} if s == "inception" and weights_path
-                                           else {})).to(device or "cpu") for s in spaces}
+    local = {"weights_path": weights_path} if weights_path else {}
+    return {s: get_feature_extractor(s, **(local if s.startswith("inception") else {})).to(device or "cpu")
+            for s in spaces}
 
 
 def score_features(extractor: FeatureExtractor, f_gen: torch.Tensor, f_real: torch.Tensor) -> dict[str, float]:
@@ -225,7 +226,7 @@ def score_features(extractor: FeatureExtractor, f_gen: torch.Tensor, f_real: tor
     scores = {"fid": fid_from_features(f_gen, f_real),
               "kid": kid_from_features(f_gen, f_real, METRICS["kid_subsets"], METRICS["kid_subset_size"])[0]}
     scores["precision"], scores["recall"] = precision_recall(f_gen, f_real, METRICS["prc_neighbours"])
-    if hasattr(extractor, "logits"):
+    if getattr(extractor, "logits", None) is not None:  # a space with a classifier
         scores["is"] = inception_score(extractor, f_gen)[0]
     return scores
 

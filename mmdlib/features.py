@@ -127,6 +127,30 @@ class InceptionFeatures(FeatureExtractor):
         return features.float() @ self.net.fc.weight.detach().float().to(features.device).T
 
 
+class InceptionSpatialFeatures(InceptionFeatures):
+    """sFID's space (Nash et al. 2021, as the ADM evaluation suite computes it): the first 7 channels of the
+    17x17 ``mixed_6/conv`` activations of the same TF1 Inception graph, flattened (7 x 17 x 17 = 2023). In
+    torch-fidelity's port, ``mixed_6`` is ``Mixed_6d`` and its ``conv`` the 1x1 branch (``branch1x1``: conv,
+    batch norm, ReLU). FID in this space is sFID; it has no classifier, so no Inception Score."""
+
+    name, dim = "inception-spatial", 7 * 17 * 17
+    logits = None
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+        x = images.to(self.net.feature_extractor_internal_dtype) * 255
+        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+        x = (x - 128) / 128
+        for name in _INCEPTION_LAYERS[:_INCEPTION_LAYERS.index("Mixed_6d")]:  # up to Mixed_6d's input
+            x = getattr(self.net, name)(x)
+        return self.net.Mixed_6d.branch1x1(x)[:, :7].flatten(1).to(torch.float32)
+
+    def config(self) -> dict:
+        return {"torch_fidelity": "inception-v3-compat", "layer": "Mixed_6d.branch1x1[:7] (mixed_6/conv)",
+                "resize": "tf1-bilinear-299"}
+
+
 # --- CLIP (open_clip) ----------------------------------------------------------------------------------
 
 class ClipFeatures(FeatureExtractor):
@@ -318,6 +342,7 @@ class DigitsFeatures(FeatureExtractor):
 
 FEATURES: dict[str, Callable[..., FeatureExtractor]] = {
     "inception": InceptionFeatures,
+    "inception-spatial": InceptionSpatialFeatures,  # sFID
     "clip": ClipFeatures,
     "digits-a": lambda **kw: DigitsFeatures("digits-a", **kw),
     "digits-b": lambda **kw: DigitsFeatures("digits-b", **kw),

@@ -33,6 +33,47 @@ def test_inception_float_path_equals_torch_fidelity_uint8_path(inception_weights
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_sfid_space_is_mixed_6_conv_first_7_channels_and_sfid_is_fid_there(inception_weights):
+    # reference: torch-fidelity's own uint8 forward with a hook on Mixed_6d's 1x1 branch (the TF graph's
+    # mixed_6/conv), its first 7 of 192 channels at 17x17, flattened as the ADM evaluator does; the
+    # Frechet distance brute-forced with numpy and scipy
+    import warnings
+
+    import numpy as np
+    from scipy import linalg
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    ref = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(inception_weights))
+    grabbed = []
+    ref.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: grabbed.append(o))
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (12, 3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(2)]
+    ours = get_feature_extractor("inception-spatial", weights_path=inception_weights)
+    assert ours.dim == 2023 and "inception-spatial" in mmdlib.FEATURES
+    feats = []
+    for x in images:
+        with torch.no_grad():
+            ref(x)
+        full = grabbed.pop()
+        assert full.shape == (12, 192, 17, 17)
+        want = full[:, :7].permute(0, 2, 3, 1).flatten(1)  # NHWC order, as TF flattens
+        got = ours.metric_features(x.float() / 255)
+        assert got.shape == (12, 2023)
+        # the same numbers, up to the order of the dimensions (FID does not see it)
+        torch.testing.assert_close(got.reshape(12, 7, 17, 17).permute(0, 2, 3, 1).flatten(1), want, rtol=1e-4,
+                                   atol=1e-4)
+        feats.append(got.double())
+    from mmdlib.evaluate import fid_from_features
+
+    a, b = (f.numpy() for f in feats)
+    ma, mb, ca, cb = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():  # 12 samples in 2023 dimensions: singular covariances, still a valid check
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(ca @ cb).real
+    brute = float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
+    assert fid_from_features(*feats) == pytest.approx(brute, rel=1e-3)
+
+
 def test_inception_is_differentiable_and_frozen(inception_weights):
     f = get_feature_extractor("inception", weights_path=inception_weights)
     x = torch.rand(2, 3, 16, 16, requires_grad=True)
@@ -146,7 +187,7 @@ def test_a_second_process_finds_the_cached_net():
 
 def test_feature_input_errors():
     f = get_feature_extractor("digits-a")
-    with pytest.raises(mmdlib.MMDLibError, match="unknown feature space 'vgg'; known feature spaces: inception, clip"):
+    with pytest.raises(mmdlib.MMDLibError, match="unknown feature space 'vgg'; known feature spaces: inception, inception-spatial, clip"):
         get_feature_extractor("vgg")
     with pytest.raises(mmdlib.MMDLibError, match=r"must lie in \[0, 1\], got values in \[-1"):
         f(torch.full((2, 1, 8, 8), -1.0))
