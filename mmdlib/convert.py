@@ -113,24 +113,36 @@ def _take(state: dict, src: str, out: dict, dst: str, fn=lambda w: w) -> None:
             out.setdefault("_used", set()).add(f"{src}.{p}")
 
 
-def _ddpm(state: dict, size: int, dropout: float):
-    from diffusers import UNet2DModel
+def unet_for(fmt: str, size: int, channels: int, widths, blocks: int, attn, dropout: float = 0.0,
+             scale_shift: bool = True, heads: int = 4, timestep_scale: float = 1.0):
+    """The empty diffusers network of format ``fmt`` (``widths``: channels per level; ``attn``: whether each
+    level has attention, the up path mirroring the down path as both originals do)."""
+    common = dict(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=list(widths),
+                  layers_per_block=blocks, down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+                  up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+                  norm_num_groups=32, act_fn="silu", attention_head_dim=None, dropout=dropout)
+    if fmt == "ddpm":  # DDPM: GroupNorm(32, eps 1e-6), sin-then-cos features over half - 1, asymmetric down padding
+        from diffusers import UNet2DModel
 
+        return UNet2DModel(**common, norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0)
+    from .unets import ImprovedUNet2DModel
+
+    return ImprovedUNet2DModel(**common, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
+                               resnet_time_scale_shift="scale_shift" if scale_shift else "default",
+                               attention_heads=heads, timestep_scale=timestep_scale)
+
+
+def _ddpm(state: dict, size: int, dropout: float):
     levels = _levels(state, r"down\.(\d+)\.")
     blocks = _levels(state, r"down\.0\.block\.(\d+)\.")
     attn = [f"down.{i}.attn.0.q.weight" in state for i in levels]
     widths = [state[f"down.{i}.block.0.conv1.weight"].shape[0] for i in levels]
     if any("conv_shortcut" in k for k in state):
         raise MMDLibError("this ddpm checkpoint uses 3x3 shortcut convolutions, which UNet2DModel does not have.")
+    if state["conv_in.weight"].shape[1] != state["conv_out.weight"].shape[0]:
+        raise MMDLibError("this ddpm checkpoint's input and output channels differ; an eps model has them equal.")
     L = len(levels)
-    unet = UNet2DModel(
-        sample_size=size, in_channels=state["conv_in.weight"].shape[1], out_channels=state["conv_out.weight"].shape[0],
-        block_out_channels=widths, layers_per_block=len(blocks),
-        down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        up_block_types=["AttnUpBlock2D" if f"up.{L - 1 - j}.attn.0.q.weight" in state else "UpBlock2D"
-                        for j in range(L)],
-        norm_num_groups=32, norm_eps=1e-6, act_fn="silu", attention_head_dim=None, flip_sin_to_cos=False,
-        freq_shift=1, downsample_padding=0, dropout=dropout)  # DDPM: GroupNorm(32, eps 1e-6), sin-then-cos
+    unet = unet_for("ddpm", size, state["conv_in.weight"].shape[1], widths, len(blocks), attn, dropout)
     out: dict = {}
     for a, b in (("temb.dense.0", "time_embedding.linear_1"), ("temb.dense.1", "time_embedding.linear_2"),
                  ("conv_in", "conv_in"), ("norm_out", "conv_norm_out"), ("conv_out", "conv_out")):
@@ -165,8 +177,6 @@ def _ddpm(state: dict, size: int, dropout: float):
 
 
 def _improved(state: dict, size: int, dropout: float, heads: int, timestep_scale: float):
-    from .unets import ImprovedUNet2DModel
-
     # input_blocks: [conv_in], then per level `blocks` x [ResBlock (+ attention)] and a Downsample (not last)
     level, levels = [], []  # per level: (input block index, has attention) of each ResBlock
     for k in range(1, max(_levels(state, r"input_blocks\.(\d+)\.")) + 1):
@@ -184,16 +194,8 @@ def _improved(state: dict, size: int, dropout: float, heads: int, timestep_scale
     attn = [lv[0][1] for lv in levels]
     scale_shift = state["input_blocks.1.0.emb_layers.1.weight"].shape[0] == 2 * widths[0]
     L = len(levels)
-    unet = ImprovedUNet2DModel(
-        sample_size=size, in_channels=state["input_blocks.0.0.weight"].shape[1],
-        out_channels=state["input_blocks.0.0.weight"].shape[1],  # eps only (a learned variance is dropped)
-        block_out_channels=widths, layers_per_block=blocks,
-        down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        norm_num_groups=32, norm_eps=1e-5, act_fn="silu", attention_head_dim=None, flip_sin_to_cos=True,
-        freq_shift=0, downsample_padding=1, dropout=dropout,
-        resnet_time_scale_shift="scale_shift" if scale_shift else "default",
-        attention_heads=heads, timestep_scale=timestep_scale)
+    unet = unet_for("improved-diffusion", size, state["input_blocks.0.0.weight"].shape[1], widths, blocks, attn,
+                    dropout, scale_shift, heads, timestep_scale)  # eps only: a learned variance is dropped below
     out: dict = {}
     c = unet.config.in_channels
     for a, b in (("time_embed.0", "time_embedding.linear_1"), ("time_embed.2", "time_embedding.linear_2"),

@@ -28,6 +28,7 @@ class PaperCheckpoint:
     ema: bool  # the EMA weights
     source: str  # who published it, for the reference table
     dropout: float  # its training dropout (not in the weights)
+    arch: dict  # its authors' architecture, as convert.unet_for takes it (the converter reads it from the weights)
     page: str = ""  # where a person downloads it by hand, when that differs from url
 
 
@@ -36,21 +37,50 @@ PAPER_MODELS = {
     "cifar10": PaperCheckpoint(
         _DDPM_PORT.format("2e4f01e2d9ee49bab1d5"), "ema_cifar10-model-790000.ckpt", "ddpm", 32,
         "1fa350b952534ae442b1d5235cce5cd3", True, "DDPM (Ho et al. 2020), PyTorch port, as the DDIM code downloads it",
-        0.1),
+        0.1, dict(widths=(128, 256, 256, 256), blocks=2, attn=(False, True, False, False))),
     "church": PaperCheckpoint(
         _DDPM_PORT.format("44ccb50ef3c6436db52e"), "ema_lsun_church-model-4432000.ckpt", "ddpm", 256,
         "fdc68a23938c2397caba4a260bc2445f", True, "DDPM (Ho et al. 2020), PyTorch port, as the DDIM code downloads it",
-        0.0),
+        0.0, dict(widths=(128, 128, 256, 256, 512, 512), blocks=2, attn=(False, False, False, False, True, False))),
     "celeba64": PaperCheckpoint(
         "https://drive.usercontent.google.com/download?id=1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR&export=download&confirm=t",
         "ddim_celeba64-ckpt.pth", "ddpm", 64, None, True, "DDIM (Song et al. 2021), the authors' CelebA model", 0.1,
-        page="https://drive.google.com/file/d/1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR/view"),
+        dict(widths=(128, 256, 256, 256, 512), blocks=2, attn=(False, False, True, False, False)), page="https://drive.google.com/file/d/1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR/view"),
     "imagenet64": PaperCheckpoint(
         "https://openaipublic.blob.core.windows.net/diffusion/march-2021/imagenet64_uncond_100M_1500K.pt",
         "imagenet64_uncond_100M_1500K.pt", "improved-diffusion", 64, None, True,
-        "improved-diffusion (Nichol & Dhariwal 2021), L_hybrid, 1.5 M iterations", 0.0),
+        "improved-diffusion (Nichol & Dhariwal 2021), L_hybrid, 1.5 M iterations", 0.0,
+        dict(widths=(128, 256, 384, 512), blocks=3, attn=(False, False, True, True), heads=4)),
 }
 MODELS = ["digits", *PAPER_MODELS]
+
+
+def paper_models_table():
+    """The paper's base models (``PAPER_MODELS``) as a pandas DataFrame: where each comes from, its weights,
+    its parameters (counted on its authors' architecture, built empty), its schedule, and the FIDs reported
+    for it (the MMD-DDM paper's DDIM rows; a many-step FID where its authors' paper is quoted in
+    ``reported.BASE_FID``)."""
+    import pandas as pd
+
+    from .convert import FORMATS, unet_for
+    from .reported import BASE_FID, DATASET_TABLE, TABLES
+
+    rows = {}
+    for name, ck in PAPER_MODELS.items():
+        f = FORMATS[ck.format]
+        with torch.device("meta"):
+            unet = unet_for(ck.format, ck.size, 3, dropout=ck.dropout, **ck.arch)
+        table = TABLES[DATASET_TABLE[name]]
+        ddim = dict(zip(table["columns"], table["rows"]["DDIM"]))
+        rows[name] = {
+            "source": ck.source, "weights": "EMA" if ck.ema else "not EMA", "format": ck.format,
+            "image size": ck.size, "parameters (M)": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}",
+            "schedule": f"{f.schedule}, T = {f.T}" + (", network fed t·1000/T" if ck.format != "ddpm" else ""),
+            "MD5 published": "yes" if ck.md5 else "no",
+            "DDIM FID, 5 / 10 / 20 steps (reported, MMD-DDM paper)": " / ".join(
+                f"{ddim[f'|T|={b}']}" for b in (5, 10, 20)),
+            "many-step FID (reported)": BASE_FID.get(name, "not quoted here")}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("name")
 META_FILE = "mmdlib.json"
 
 

@@ -91,6 +91,21 @@ def test_notebook_defaults_are_the_preset_they_name(path):
     assert shared == {k: want[k] for k in shared}
 
 
+def test_the_introductions_papermill_commands_pass_each_chapter_only_its_own_parameters():
+    text = (ROOT / "book" / "intro.md").read_text()
+    commands = re.sub(r"\\\n\s*", " ", text)  # join continued lines
+    checked = 0
+    for loop, body in re.findall(r"for ch in ([\w ]+); do\n(.*?)\ndone", commands, re.S) + [
+            ("", line) for line in commands.splitlines() if line.startswith("papermill notebooks/")]:
+        names = loop.split() or [re.search(r"notebooks/(\w+)\.ipynb", body).group(1)]
+        given = set(re.findall(r"-p (\w+) ", body)) | set(re.findall(r'-y "(\w+):', body))
+        for name in names:
+            _, declared = _parameters(nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4))
+            assert given <= set(declared), f"{name} does not declare {given - set(declared)}"
+            checked += 1
+    assert checked >= 16  # chapters 2-5 for each of the four datasets
+
+
 def test_no_measured_number_is_typed_on_the_results_page_or_in_the_chapters():
     # a decimal on these pages is pasted from an executed notebook (myst-nb glue) unless it is the paper's
     texts = {"book/results.md": (ROOT / "book" / "results.md").read_text()}
