@@ -21,6 +21,15 @@ from filelock import FileLock
 from .errors import MMDLibError
 
 
+def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (``hashlib``'s ``algorithm``), read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cache_dir() -> Path:
     """The cache root: $MMDLIB_CACHE, else ~/.cache/mmdlib."""
     return Path(os.environ.get("MMDLIB_CACHE") or Path.home() / ".cache" / "mmdlib")

@@ -17,13 +17,13 @@ schedule) comes from the format's defaults or the caller.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from pathlib import Path
 
 import torch
 
+from .cache import file_hash
 from .errors import MMDLibError
 from .schedules import SCHEDULES, alphas_cumprod
 
@@ -41,14 +41,6 @@ FORMATS = {
     "ddpm": Format(size=32, schedule="linear", T=1000, dropout=0.1, marker="temb.dense.0.weight"),
     "improved-diffusion": Format(size=64, schedule="cosine", T=4000, dropout=0.0, marker="time_embed.0.weight"),
 }
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_state(obj) -> bool:
@@ -300,7 +292,7 @@ def convert(src: str | Path, out: str | Path, fmt: str | None = None, size: int 
     if verbose:
         print(f"{Path(src).name}: {fmt} format; took {taken}; {sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M "
               f"parameters, T = {len(ac)}")
-    meta = {"converted_from": {"file": Path(src).name, "sha256": sha256(src), "format": fmt, "weights": taken,
+    meta = {"converted_from": {"file": Path(src).name, "sha256": file_hash(src), "format": fmt, "weights": taken,
                                "heads": heads if fmt == "improved-diffusion" else None,
                                "dropout": unet.config.dropout}}
     return save_pipeline(unet, out, alphas_cumprod=ac, meta=meta)
@@ -319,16 +311,8 @@ def converted(src: str | Path, fmt: str | None = None, size: int | None = None, 
     SHA-256 and the settings: converted on first use only."""
     from .cache import cached
 
-    key = {"sha256": sha256(src), "format": fmt, "size": size, "heads": heads, "dropout": dropout}
+    key = {"sha256": file_hash(src), "format": fmt, "size": size, "heads": heads, "dropout": dropout}
     return cached("converted", key, lambda tmp: convert(src, tmp / "model", fmt, size, heads, dropout)) / "model"
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path, progress: bool = True) -> Path:
@@ -381,7 +365,7 @@ def paper_model(name: str, progress: bool = True) -> Path:
                 download(ck.url, local, progress)
             except OSError as e:
                 raise MMDLibError(f"could not download model {name!r} from {ck.url} ({e}). {how}") from None
-        digest = _md5(local)
+        digest = file_hash(local, "md5")
         if ck.md5 and digest != ck.md5:
             if fresh:  # ours: not kept
                 local.unlink()
@@ -390,7 +374,7 @@ def paper_model(name: str, progress: bool = True) -> Path:
             raise MMDLibError(f"{local} has MD5 {digest}, not the published {ck.md5} of {name!r}: a damaged or "
                               f"different file. Delete it to download it again.")
         if not ck.md5:
-            print(f"{name!r}: its authors publish no hash; the file's SHA-256 is {sha256(local)} (recorded).")
+            print(f"{name!r}: its authors publish no hash; the file's SHA-256 is {file_hash(local)} (recorded).")
         convert(local, tmp / "model", ck.format, ck.size, dropout=ck.dropout, verbose=progress)
 
     key = {"paper_model": name, "md5": ck.md5} if ck.md5 else {"paper_model": name, "url": ck.url}

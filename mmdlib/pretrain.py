@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cached, smoke_test, trained_on
+from .cache import cached, file_hash, smoke_test, trained_on
 from .data import digits_dataset
 from .errors import MMDLibError
 from .schedules import alphas_cumprod, linear_betas
@@ -131,20 +130,12 @@ def write_model(cfg: DigitsModelConfig, folder: Path, progress: bool = True,
     return folder
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shipped_model_path() -> Path | None:
     """The package's copy of the default recipe's weights, verified by hash; None if the package has none."""
     weights = SHIPPED / "unet" / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         return None
-    if file_sha256(weights) != SHIPPED_SHA256:
+    if file_hash(weights) != SHIPPED_SHA256:
         raise MMDLibError(f"the shipped digits base model {weights} does not match its hash (a damaged "
                           f"installation?); reinstall mmdlib, or regenerate it with `python -m mmdlib.pretrain "
                           f"--out {SHIPPED}`.")
@@ -177,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     cfg = DigitsModelConfig()
     folder = write_model(cfg if a.seed is None else dataclasses.replace(cfg, seed=a.seed), Path(a.out))
-    print(f"{folder}: sha256 {file_sha256(folder / 'unet' / 'diffusion_pytorch_model.safetensors')}")
+    print(f"{folder}: sha256 {file_hash(folder / 'unet' / 'diffusion_pytorch_model.safetensors')}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mmdlib
+from mmdlib.cache import file_hash
 from mmdlib.pretrain import DigitsModelConfig, digits_model_path, make_unet, train_ddpm
 
 TINY = DigitsModelConfig(block_out_channels=(8, 16), iterations=30, batch_size=16, warmup=5)
@@ -90,7 +91,7 @@ def test_the_default_recipe_loads_the_shipped_weights_verified_by_hash(tmp_path,
     assert path == pretrain.SHIPPED and json.loads((path / "recipe.json").read_text()) == json.loads(
         json.dumps(dataclasses.asdict(DigitsModelConfig())))
     weights = path / "unet" / "diffusion_pytorch_model.safetensors"
-    assert pretrain.file_sha256(weights) == pretrain.SHIPPED_SHA256 and weights.stat().st_size < 8 * 2**20
+    assert file_hash(weights) == pretrain.SHIPPED_SHA256 and weights.stat().st_size < 8 * 2**20
     m = mmdlib.load_model("digits")
     assert m.sample_shape == (1, 8, 8) and m.T == 1000
     # a damaged copy is refused, not used
@@ -110,6 +111,6 @@ def test_one_command_regenerates_a_recipe(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pretrain, "DigitsModelConfig", lambda: TINY)
     pretrain.main(["--out", str(tmp_path / "m"), "--seed", "3"])
     out = capsys.readouterr().out
-    sha = pretrain.file_sha256(tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors")
+    sha = file_hash(tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors")
     assert f"sha256 {sha}" in out and '"seed": 3' in (tmp_path / "m" / "recipe.json").read_text()
     assert mmdlib.load_model(str(tmp_path / "m")).sample_shape == (1, 8, 8)
