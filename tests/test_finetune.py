@@ -148,7 +148,7 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
 @pytest.mark.parametrize("kw,msg", [
     ({"batch_size": 1}, "batch size 1 is too small.*at least 2"),
     ({"kernel": "gauss"}, "unknown kernel 'gauss'; known: linear, cubic, rbf"),
-    ({"features": "vgg"}, "unknown features 'vgg'; known: inception, clip"),
+    ({"features": "vgg"}, "unknown features 'vgg'; known: inception, inception-spatial, clip"),
     ({"sampler": "euler"}, "unknown sampler 'euler'; known: ddim, ddpm"),
     ({"timestep_spacing": "cosine"}, "unknown timestep_spacing 'cosine'; known: auto, linear, quadratic, trailing"),
     ({"budget": 0}, "budget must be an integer in 1..T=1000, got 0"),
