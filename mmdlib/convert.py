@@ -98,11 +98,19 @@ def _linear(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], w.shape[1])  # a 1x1 conv (or conv1d) weight as a Linear's
 
 
-def _take(state: dict, src: str, out: dict, dst: str, fn=lambda w: w) -> None:
+class _Placed(dict):
+    """The converted tensors by diffusers name, and (``used``) the source names they came from."""
+
+    def __init__(self):
+        super().__init__()
+        self.used: set[str] = set()
+
+
+def _take(state: dict, src: str, out: _Placed, dst: str, fn=lambda w: w) -> None:
     for p in ("weight", "bias"):
         if f"{src}.{p}" in state:
             out[f"{dst}.{p}"] = fn(state[f"{src}.{p}"]) if p == "weight" else state[f"{src}.{p}"]
-            out.setdefault("_used", set()).add(f"{src}.{p}")
+            out.used.add(f"{src}.{p}")
 
 
 def unet_for(fmt: str, size: int, channels: int, widths, blocks: int, attn, dropout: float = 0.0,
@@ -135,7 +143,7 @@ def _ddpm(state: dict, size: int, dropout: float):
         raise MMDLibError("this ddpm checkpoint's input and output channels differ; an eps model has them equal.")
     L = len(levels)
     unet = unet_for("ddpm", size, state["conv_in.weight"].shape[1], widths, len(blocks), attn, dropout)
-    out: dict = {}
+    out = _Placed()
     for a, b in (("temb.dense.0", "time_embedding.linear_1"), ("temb.dense.1", "time_embedding.linear_2"),
                  ("conv_in", "conv_in"), ("norm_out", "conv_norm_out"), ("conv_out", "conv_out")):
         _take(state, a, out, b)
@@ -188,13 +196,13 @@ def _improved(state: dict, size: int, dropout: float, heads: int, timestep_scale
     L = len(levels)
     unet = unet_for("improved-diffusion", size, state["input_blocks.0.0.weight"].shape[1], widths, blocks, attn,
                     dropout, scale_shift, heads, timestep_scale)  # eps only: a learned variance is dropped below
-    out: dict = {}
+    out = _Placed()
     c = unet.config.in_channels
     for a, b in (("time_embed.0", "time_embedding.linear_1"), ("time_embed.2", "time_embedding.linear_2"),
                  ("input_blocks.0.0", "conv_in"), ("out.0", "conv_norm_out")):
         _take(state, a, out, b)
     out["conv_out.weight"], out["conv_out.bias"] = state["out.2.weight"][:c], state["out.2.bias"][:c]
-    out.setdefault("_used", set()).update({"out.2.weight", "out.2.bias"})
+    out.used.update({"out.2.weight", "out.2.bias"})
 
     def resnet(src, dst):
         if f"{src}.skip_connection.weight" in state and state[f"{src}.skip_connection.weight"].shape[-1] != 1:
@@ -212,7 +220,7 @@ def _improved(state: dict, size: int, dropout: float, heads: int, timestep_scale
         w, bias = w.reshape(heads, 3, C // heads, C), bias.reshape(heads, 3, C // heads)
         for n, name in enumerate(("to_q", "to_k", "to_v")):
             out[f"{dst}.{name}.weight"], out[f"{dst}.{name}.bias"] = w[:, n].reshape(C, C), bias[:, n].reshape(C)
-        out.setdefault("_used", set()).update({f"{src}.qkv.weight", f"{src}.qkv.bias"})
+        out.used.update({f"{src}.qkv.weight", f"{src}.qkv.bias"})
         _take(state, f"{src}.proj_out", out, f"{dst}.to_out.0", _linear)
 
     for i, lv in enumerate(levels):
@@ -262,7 +270,7 @@ def convert_state(state: dict, fmt: str, size: int | None = None, heads: int = 4
     except (KeyError, IndexError, RuntimeError, ValueError) as e:
         raise MMDLibError(f"the {fmt} weights are incomplete or of an unexpected shape ({type(e).__name__}: "
                           f"{e}).") from None
-    unused = sorted(set(state) - out.pop("_used", set()))
+    unused = sorted(set(state) - out.used)
     if unused:  # weights the network would silently lose
         raise MMDLibError(f"the {fmt} weights hold {len(unused)} tensors this converter does not place (e.g. "
                           f"{', '.join(unused[:3])}): a variant of the architecture it does not know.")
