@@ -84,8 +84,9 @@ def execute_notebooks(root: Path, src: Path, jobs: int = 1) -> dict[str, float]:
         print(f"  {nb.stem} {'done' if rc == 0 else 'FAILED'} in {seconds:.0f} s", flush=True)
         return seconds, rc
 
+    order = chapter_order(root, notebooks)
     with ThreadPoolExecutor(jobs) as pool:
-        done = dict(zip(chapter_order(root, notebooks), pool.map(run, chapter_order(root, notebooks))))
+        done = dict(zip(order, pool.map(run, order)))
     failed = [nb for nb, (_, rc) in done.items() if rc]
     if failed:
         tails = "\n".join(f"--- {nb.name} (log: {logs / (nb.stem + '.log')}; the partly executed notebook is "
