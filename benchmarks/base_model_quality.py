@@ -16,7 +16,8 @@ import time
 import torch
 
 import mmdlib
-from mmdlib.evaluate import embed, fid_from_features, generate, mean_std
+from mmdlib.generate import generate
+from mmdlib.metrics import embed, fid_from_features, mean_std
 from mmdlib.sampling import resolve_spacing
 
 

@@ -10,12 +10,13 @@ the training seeds per dropout, and a JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
 from mmdlib import experiments as ex
-from mmdlib.evaluate import mean_std
-from mmdlib.finetune import _float_or_none
+from mmdlib.cli import float_or_none
+from mmdlib.metrics import mean_std
 from mmdlib.presets import get_preset
 
 
@@ -27,15 +28,13 @@ def main() -> None:
     a = p.parse_args()
     preset = get_preset("digits")
     ft, ev = preset.finetune, preset.evaluation
-    spaces = [ft.features, preset.measure]
+    spaces = list(preset.spaces)
     rows: dict = {}
-    for dropout in [_float_or_none(d) for d in a.dropouts.split(",")]:
+    for dropout in [float_or_none(d) for d in a.dropouts.split(",")]:
         for seed in [int(s) for s in a.train_seeds.split(",")]:
             t0 = time.perf_counter()
-            cfg = ex.config(model=ft.model, dataset=ft.dataset, split=ft.split, features=ft.features, budget=ft.budget,
-                            iterations=a.iterations or ft.iterations, seed=seed, dropout=dropout)
-            s = ex.scores(ex.finetuned(cfg, progress=False), budgets=[ft.budget], spaces=spaces, n=ev.n,
-                          seeds=len(ev.seeds), dataset=ft.dataset, split=ft.split, progress=False)[ft.budget]
+            cfg = dataclasses.replace(ft, iterations=a.iterations or ft.iterations, seed=seed, dropout=dropout)
+            s = ex.scores(ex.finetuned(cfg, progress=False), ev, budgets=[ft.budget], progress=False)[ft.budget]
             rows.setdefault(str(dropout), {})[seed] = {sp: s[sp]["fid"] for sp in spaces}
             print(f"dropout {dropout}, training seed {seed}: " + ", ".join(f"FID {sp} {s[sp]['fid']:.3f}"
                                                                              for sp in spaces)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +23,14 @@ from pathlib import Path
 import torch
 
 import mmdlib
+from mmdlib.config import FinetuneConfig
 from mmdlib.data import TensorImages
-from mmdlib.evaluate import embed, generate
-from mmdlib.features import InceptionFeatures
-from mmdlib.finetune import FinetuneConfig, Finetuner
+from mmdlib.features import InceptionFeatures, write_random_inception_weights
+from mmdlib.finetune import Finetuner
+from mmdlib.generate import generate
+from mmdlib.metrics import embed
 from mmdlib.models import LoadedModel
 from mmdlib.speed import resolve_speed
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import write_random_inception_weights  # noqa: E402  (a test fixture: random weights, offline)
 
 MODES = {
     "reference": dict(precision="fp32", compile="off", checkpointing="none"),

@@ -9,7 +9,8 @@ from .data import DATASETS, digits_dataset, get_dataset
 from .errors import MMDLibError
 from .features import FEATURES, FeatureExtractor, get_feature_extractor
 from .mmd import KERNELS, cubic_kernel, get_kernel, linear_kernel, mmd2_unbiased, rbf_kernel
-from .models import MODELS, LoadedModel, load_model, save_pipeline
+from .export import save_pipeline
+from .models import MODELS, LoadedModel, load_model
 from .sampling import (SAMPLERS, ddim_sample, ddpm_sample, dpmpp_2m_sample, generators, get_sampler, noise,
                        predict_eps, randn, sample_seeded, slerp, to_unit, unipc_sample)
 from .schedules import TIMESTEP_SPACINGS, alphas_cumprod, linear_betas, timestep_subset

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .evaluate import embed, reference_features
+from . import devices
+from .evaluate import reference_features
 from .features import get_feature_extractor
-from .finetune import pick_device
+from .metrics import embed
 
 REAL_ROW = "real (nearest other real image)"
 
@@ -17,7 +18,7 @@ def nearest_real(samples: torch.Tensor, dataset: str, split: str, space: str, k:
                  **data_kw) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances and indices [N, k] of each sample's k nearest real images (Euclidean distance in the
     feature space ``space``): the paper's Fig. 4 check that finetuning does not copy the training set."""
-    device = pick_device()
+    device = devices.pick_device()
     ref = reference_features(dataset, split, space, device=device, **data_kw)
     d = torch.cdist(embed(get_feature_extractor(space).to(device), samples), ref)
     return d.topk(k, largest=False)
@@ -27,7 +28,7 @@ def real_nearest_distance(dataset: str, split: str, space: str, n: int = 500, se
                           **data_kw) -> torch.Tensor:
     """For ``n`` random real images, the distance to their nearest *other* real image: the scale a copy
     of the training set would fall far below."""
-    ref = reference_features(dataset, split, space, device=pick_device(), **data_kw)
+    ref = reference_features(dataset, split, space, device=devices.pick_device(), **data_kw)
     idx = torch.randperm(len(ref), generator=torch.Generator().manual_seed(seed))[:n]
     return torch.cdist(ref[idx], ref).topk(2, largest=False).values[:, 1]
 
@@ -42,3 +43,12 @@ def nearest_distance_table(distances: dict[str, torch.Tensor], real: torch.Tenso
     return pd.DataFrame({name: {"median": d.median().item(), "10th percentile": d.quantile(0.1).item(),
                                 "share below real's 10th percentile": (d < low).float().mean().item()}
                          for name, d in rows.items()}).T
+
+
+def copying_verdict(close_share: float) -> str:
+    """Fig. 4's reading in words, from the share of samples nearer to a real image than real images' own
+    10th percentile (10% for the data itself): over 20% is a sign of copying."""
+    if close_share <= 0.2:
+        return "no closer to the training set than real images are to each other"
+    return "closer to the training set than real images are to each other, a sign of copying"
+

@@ -7,9 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from .data import DATASETS
+from . import devices
+from .config import EVAL_PRECISIONS, EvalConfig, FinetuneConfig
 from .errors import MMDLibError
-from .finetune import FinetuneConfig
+from .features import FEATURES, INCEPTION_SPACES
+from .presets import PRESETS, get_preset
+from .sampling import SAMPLERS
 
 HELP = {
     "model": "base model: 'digits' (embedded), a paper model (cifar10, church, celeba64, imagenet64: downloaded and "
@@ -17,12 +20,12 @@ HELP = {
     "dataset": "real data: digits, cifar10, celeba64, church, imagenet64, or a folder of images",
     "split": "dataset split: train, test or all",
     "data_root": "folder holding the dataset files (default data/<dataset>)",
-    "features": "feature space of the MMD loss: inception, inception-spatial, clip, digits-a, digits-b",
+    "features": f"feature space of the MMD loss: {', '.join(FEATURES)}",
     "kernel": "MMD kernel: cubic (paper default), linear, rbf",
     "budget": "the sampling budget |tau| to finetune for (diffusers' num_inference_steps)",
     "timestep_spacing": "which |tau| of the T timesteps: auto (the sampler's own: linear for ddim and ddpm, trailing "
                         "for dpmpp2m and unipc), linear (DDIM uniform), quadratic or trailing",
-    "sampler": "sampler differentiated through: ddim, ddpm, dpmpp2m (DPM-Solver++(2M)) or unipc",
+    "sampler": "sampler differentiated through: " + ", ".join(f"{s.name} ({s.title})" for s in SAMPLERS.values()),
     "eta": "DDIM eta (0 = deterministic DDIM, the paper's setting)",
     "batch_size": "generated and real images per iteration",
     "lr": "Adam learning rate",
@@ -37,7 +40,8 @@ HELP = {
                      "steps that fit in --memory-gib), all or none",
     "memory_gib": "GiB the run may use, for --checkpointing auto (default: 90%% of the GPU's free memory, half the "
                   "CPU's available memory)",
-    "precision": "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16; the MMD is always float64",
+    "precision": "numeric precision: auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16; the MMD is always "
+                 "float64",
     "compile": "torch.compile the UNet: auto (on for CUDA), on or off",
     "seed": "seed of real batches and noise (results do not depend on batch split)",
     "out": "output folder: finetuned/ pipeline, checkpoint.pt, log.csv, samples/",
@@ -48,8 +52,46 @@ HELP = {
 }
 
 
-# earlier spellings, still accepted
-ALIASES = {"budget": ["--timesteps", "--num-inference-steps"], "timestep_spacing": ["--schedule"]}
+def yes_no(text: str) -> bool:
+    """A command-line boolean: yes/no, true/false, on/off or 1/0."""
+    value = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+    if str(text).lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return value[str(text).lower()]
+
+
+def float_or_none(text: str) -> float | None:
+    """A command-line number, or none."""
+    if str(text).lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
+# a config field's type (as its annotation reads) -> how its flag parses
+PARSERS = {"int": int, "float": float, "str": str, "str | None": str, "bool": yes_no, "float | None": float_or_none}
+
+
+class Renamed(argparse.Action):
+    """A flag's earlier spelling: still accepted (until 0.3), with a note saying its new name."""
+
+    def __init__(self, *args, new: str, **kw):
+        super().__init__(*args, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is now spelt {self.new} (the old spelling goes in 0.3)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(group, new: str, *old: str, **kw) -> None:
+    """Accept the earlier spellings ``old`` of the flag ``new`` (hidden from --help)."""
+    group.add_argument(*old, action=Renamed, new=new, help=argparse.SUPPRESS, **kw)
+
+
+RENAMED = {"budget": ["--timesteps", "--num-inference-steps"], "timestep_spacing": ["--schedule"]}  # finetune's
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -57,33 +99,28 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     the one named like ``--dataset``: ``digits`` when no dataset is given), or, for a dataset without a
     preset, from FinetuneConfig (the paper's settings): the presets and the config are the one source of
     defaults, shared with the demo and the notebooks."""
-    from .presets import PRESETS
-
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="named settings the flags not given are taken from (default: the preset named like "
                         "--dataset, so digits without --dataset; a dataset without a preset takes the paper's "
                         "settings)")
     paper, digits = FinetuneConfig(), PRESETS["digits"].finetune
     groups = {"method": p.add_argument_group("method (what is learnt; part of a run's identity)"),
-              "execution": p.add_argument_group("execution (how it runs: the same math; precision changes numbers)"),
+              "execution": p.add_argument_group("execution (how it runs: the same math; numeric precision changes "
+                                                "numbers)"),
               "output": p.add_argument_group("output")}
     for f in dataclasses.fields(FinetuneConfig):
         flag, default, mine = "--" + f.name.replace("_", "-"), getattr(paper, f.name), getattr(digits, f.name)
         text = HELP[f.name] + ("" if default is None and mine is None else f" (default: {default})" if mine == default
                                else f" (the paper: {default}; digits preset: {mine})")
-        flags, group = [flag, *ALIASES.get(f.name, [])], groups[f.metadata["group"]]
-        if isinstance(default, tuple):
-            group.add_argument(*flags, dest=f.name, type=float, nargs=len(default), default=argparse.SUPPRESS,
-                               help=text)
-        else:
-            typ = f.metadata.get("type") or (type(default) if default is not None else str)
-            group.add_argument(*flags, dest=f.name, type=typ, default=argparse.SUPPRESS, help=text)
+        group = groups[f.metadata["group"]]
+        kw = (dict(type=float, nargs=len(default)) if isinstance(default, tuple) else dict(type=PARSERS[str(f.type)]))
+        group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text, **kw)
+        if f.name in RENAMED:
+            add_renamed(group, flag, *RENAMED[f.name], dest=f.name, default=argparse.SUPPRESS, **kw)
 
 
 def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
     """The flags given, over the preset's settings (see ``add_config_flags``)."""
-    from .presets import PRESETS, get_preset
-
     given = {f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig) if hasattr(a, f.name)}
     if "adam_betas" in given:
         given["adam_betas"] = tuple(given["adam_betas"])
@@ -93,43 +130,43 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
-    from . import get_dataset, get_feature_extractor, load_model
-    from .finetune import finetune
-    from .runfolder import check_output_folder
+    from . import get_feature_extractor, load_model  # through the package, where tests stand in for them
+    from .finetune import finetune, real_dataset
+    from .runfolder import RunFolder
 
     cfg = config_from_args(a).check()
-    if a.inception_weights is not None and cfg.features != "inception":
-        raise MMDLibError(f"--inception-weights is for --features inception; the features are {cfg.features!r}.")
-    check_output_folder(cfg.out)  # before any loading
+    if a.inception_weights is not None and cfg.features not in INCEPTION_SPACES:
+        raise MMDLibError(f"--inception-weights is for the Inception spaces ({', '.join(INCEPTION_SPACES)}); the "
+                          f"features are {cfg.features!r}.")
+    devices.pick_device(cfg.device)  # one this machine has, before any loading
+    procs = devices.Processes(cfg.device)
+    folder = RunFolder(cfg.out, main=procs.main)  # a usable --out, before any loading
     model = load_model(cfg.model)
-    # a folder of images is read with the model's channels (grayscale stays one channel for a 1-channel model)
-    folder = cfg.dataset == "folder" or cfg.dataset not in DATASETS
-    dataset = get_dataset(cfg.dataset, split=cfg.split, **({"root": cfg.data_root} if cfg.data_root else {}),
-                          **({"download": True} if a.download else {}),
-                          **({"channels": model.sample_shape[0]} if folder else {}))
+    dataset = real_dataset(cfg, model, a.download)
     extractor = get_feature_extractor(cfg.features, **({"weights_path": a.inception_weights}
                                                        if a.inception_weights else {}))
-    path = finetune(model, dataset, cfg, extractor=extractor, resume=a.resume, overwrite=a.overwrite)
+    path = finetune(model, dataset, cfg, folder=folder, extractor=extractor, resume=a.resume,
+                    overwrite=a.overwrite, processes=procs)
     print(f"finetuned pipeline: {path}")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from . import load_model
-    from .evaluate import EvalConfig, evaluate
+    from .evaluate import evaluate
 
     try:
         budgets = tuple(int(b) for b in a.budgets.split(","))
     except ValueError:
         raise MMDLibError(f"--budgets must be comma-separated integers, e.g. 5,10,20; got {a.budgets!r}.") from None
     cfg = EvalConfig(dataset=a.dataset, split=a.split, data_root=a.data_root, budgets=budgets,
-                     spaces=tuple(a.features.split(",")), n=a.n, seeds=a.seeds, sampler=a.sampler, eta=a.eta,
+                     features=tuple(a.features.split(",")), n=a.n, seeds=a.seeds, sampler=a.sampler, eta=a.eta,
                      timestep_spacing=a.timestep_spacing, precision=a.precision).check()
     out = Path(a.out) if a.out else None
     if out is not None and (out.is_dir() or (out.parent.exists() and not out.parent.is_dir())):
         raise MMDLibError(f"--out {a.out!r} must name a file (the results' JSON), not a folder or a path through a "
                           f"file; nothing was computed.")
     model = load_model(a.model)
-    res = evaluate(model, cfg, weights_path=a.inception_weights, download=a.download)
+    res = evaluate(model, cfg, inception_weights=a.inception_weights, download=a.download)
     text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
     if out is not None:
         from .cache import atomic_write
@@ -140,10 +177,11 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
+    from .runfolder import RunFolder
 
     m = run_demo(a.out, budget=a.budget, iterations=a.iterations, n=a.n, seeds=a.seeds, overwrite=a.overwrite,
-                 resume=a.resume)
-    print(json.dumps({k: m[k] for k in ("fid_before", "fid_after", "fid_reference", "reference_budget", "gap_closed",
+                 resume=a.resume, folder=RunFolder(a.out))
+    print(json.dumps({k: m[k] for k in ("fid_before", "fid_after", "fid_many_steps", "many_steps", "gap_closed",
                                         "feature_space", "budget")}))
 
 
@@ -160,7 +198,7 @@ def cmd_convert(a: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # whole or nothing
     try:
-        convert(a.src, tmp / "model", a.format, a.size, a.heads, a.dropout, a.schedule, a.timesteps,
+        convert(a.src, tmp / "model", a.format, a.size, a.heads, a.dropout, a.beta_schedule, a.num_train_timesteps,
                 not a.no_rescale_timesteps)
         if out.exists():
             shutil.rmtree(out)
@@ -170,86 +208,98 @@ def cmd_convert(a: argparse.Namespace) -> None:
     print(f"wrote {out}: mmdlib.load_model({str(out)!r}) or diffusers.DiffusionPipeline.from_pretrained")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmdlib", description="MMD-DDM: finetune diffusion models for few-step "
-                                "sampling with an MMD loss (Aiello et al., IEEE Access 2024).")
-    from . import __version__
-
-    p.add_argument("--version", action="version", version=f"mmdlib {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    ft = sub.add_parser("finetune", help="finetune a model for a sampling budget")
+def _finetune_parser(ft: argparse.ArgumentParser) -> None:
     add_config_flags(ft)
     ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     ft.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     ft.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
-    ft.add_argument("--inception-weights", default=None,
-                    help="local torch-fidelity Inception weights file, for --features inception offline")
+    ft.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file, for the "
+                    f"Inception spaces ({', '.join(INCEPTION_SPACES)}) offline")
     ft.set_defaults(func=cmd_finetune)
 
-    ev = sub.add_parser("evaluate", help="FID/KID of a model across budgets",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from .evaluate import EVAL_PRECISIONS, EvalConfig
 
+def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
     e = EvalConfig()  # the one source of evaluation defaults
     ev.add_argument("--model", default="digits", help=HELP["model"])
-    ev.add_argument("--dataset", default=e.dataset, help="reference data")
-    ev.add_argument("--split", default=e.split, help="reference split")
+    ev.add_argument("--dataset", default=e.dataset, help="the real images scored against")
+    ev.add_argument("--split", default=e.split, help="their split")
     ev.add_argument("--data-root", default=e.data_root, help=HELP["data_root"])
     ev.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
     ev.add_argument("--budgets", default=",".join(map(str, e.budgets)), help="comma-separated sampling budgets")
-    ev.add_argument("--features", default=",".join(e.spaces),
+    ev.add_argument("--features", default=",".join(e.features),
                     help="comma-separated feature spaces (inception adds the Inception Score; inception-spatial gives "
                          "sFID; clip gives FID_CLIP)")
     ev.add_argument("--n", type=int, default=e.n, help="generated samples per budget and seed")
     ev.add_argument("--seeds", type=int, default=len(e.seeds),
                     help="number of evaluation seeds, 0..k-1 (mean and std are reported)")
-    ev.add_argument("--sampler", default=e.sampler, help="ddim, ddpm, dpmpp2m or unipc")
+    ev.add_argument("--sampler", default=e.sampler, help=", ".join(SAMPLERS))
     ev.add_argument("--eta", type=float, default=e.eta, help="DDIM eta (ddim only)")
-    ev.add_argument("--timestep-spacing", *ALIASES["timestep_spacing"], dest="timestep_spacing",
-                    default=e.timestep_spacing, help=HELP["timestep_spacing"])
+    ev.add_argument("--timestep-spacing", dest="timestep_spacing", default=e.timestep_spacing,
+                    help=HELP["timestep_spacing"])
+    add_renamed(ev, "--timestep-spacing", *RENAMED["timestep_spacing"], dest="timestep_spacing")
     ev.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file")
     ev.add_argument("--precision", default=e.precision, choices=list(EVAL_PRECISIONS),
-                    help="bf16: sample and embed under bf16 autocast (faster on GPUs, not exact)")
+                    help="numeric precision; bf16: sample and embed under bf16 autocast (faster on GPUs, not exact)")
     ev.add_argument("--out", default=None, help="also write the JSON here")
     ev.set_defaults(func=cmd_evaluate)
 
-    de = sub.add_parser("demo", help="the embedded offline default end to end (digits)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from .demo import DEMO, PRESET
 
+def _demo_parser(de: argparse.ArgumentParser) -> None:
+    preset = PRESETS["digits"]
     de.add_argument("--out", required=True, help="output folder: metrics.json, base/, finetuned/, grids")
-    de.add_argument("--budget", *ALIASES["budget"], dest="budget", type=int, default=DEMO.budget,
-                    help=HELP["budget"])
-    de.add_argument("--iterations", type=int, default=DEMO.iterations, help="finetuning iterations")
-    de.add_argument("--n", type=int, default=PRESET.evaluation.n,
+    de.add_argument("--budget", type=int, default=preset.finetune.budget, help=HELP["budget"])
+    add_renamed(de, "--budget", *RENAMED["budget"], dest="budget", type=int)
+    de.add_argument("--iterations", type=int, default=preset.finetune.iterations, help="finetuning iterations")
+    de.add_argument("--n", type=int, default=preset.evaluation.n,
                     help="generated samples per budget and seed for the metrics")
-    de.add_argument("--seeds", type=int, default=len(PRESET.evaluation.seeds),
+    de.add_argument("--seeds", type=int, default=len(preset.evaluation.seeds),
                     help="evaluation seeds for the metrics (mean and std reported)")
     de.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     de.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     de.set_defaults(func=cmd_demo)
 
+
+def _convert_parser(co: argparse.ArgumentParser) -> None:
     from .convert import FORMATS
     from .schedules import SCHEDULES
 
-    co = sub.add_parser("convert", help="an original DDPM-port or improved-diffusion checkpoint as a diffusers folder",
-                        description="Each format's defaults: " + "; ".join(
-                            f"{n}: size {f.size}, {f.schedule} betas over {f.T} steps, dropout {f.dropout}"
-                            for n, f in FORMATS.items()) + ". Everything else is read from the weights.")
+    co.description = "Each format's defaults: " + "; ".join(
+        f"{n}: size {f.size}, {f.schedule} betas over {f.T} steps, dropout {f.dropout}"
+        for n, f in FORMATS.items()) + ". Everything else is read from the weights."
     co.add_argument("src", help="the checkpoint file (a state dict, a module.-prefixed one, or the DDIM code's list of "
                                 "states, whose EMA weights are taken)")
     co.add_argument("--out", required=True, help="the folder to write (a diffusers pipeline)")
     co.add_argument("--format", choices=list(FORMATS), default=None, help="default: detected from the keys")
     co.add_argument("--size", type=int, default=None, help="image size (default: the format's)")
     co.add_argument("--heads", type=int, default=4, help="improved-diffusion's attention heads (not in the weights)")
-    co.add_argument("--dropout", type=float, default=None, help="the training dropout to record (default: the format's)")
-    co.add_argument("--schedule", choices=list(SCHEDULES), default=None, help="betas (default: the format's)")
-    co.add_argument("--timesteps", type=int, default=None, help="T, the training steps (default: the format's)")
+    co.add_argument("--dropout", type=float, default=None,
+                    help="the training dropout to record (default: the format's)")
+    co.add_argument("--beta-schedule", choices=list(SCHEDULES), default=None,
+                    help="the training noise schedule (default: the format's)")
+    add_renamed(co, "--beta-schedule", "--schedule", dest="beta_schedule", choices=list(SCHEDULES))
+    co.add_argument("--num-train-timesteps", type=int, default=None,
+                    help="T, the training timesteps (default: the format's)")
+    add_renamed(co, "--num-train-timesteps", "--timesteps", dest="num_train_timesteps", type=int)
     co.add_argument("--no-rescale-timesteps", action="store_true",
                     help="improved-diffusion: feed the network t, not t * 1000 / T")
     co.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     co.set_defaults(func=cmd_convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="python -m mmdlib", description="MMD-DDM: finetune diffusion models for few-step "
+                                "sampling with an MMD loss (Aiello et al., IEEE Access 2024).")
+    p.add_argument("--version", action="version", version=f"mmdlib {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _finetune_parser(sub.add_parser("finetune", help="finetune a model for a sampling budget"))
+    _evaluate_parser(sub.add_parser("evaluate", help="FID/KID of a model across budgets",
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    _demo_parser(sub.add_parser("demo", help="the embedded offline default end to end (digits)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    _convert_parser(sub.add_parser("convert", help="an original DDPM-port or improved-diffusion checkpoint as a "
+                                   "diffusers folder"))
     return p
 
 

@@ -17,14 +17,14 @@ schedule) comes from the format's defaults or the caller.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from .cache import file_hash
+from .cache import cached, file_hash
 from .errors import MMDLibError
+from .export import save_pipeline
 from .schedules import SCHEDULES, alphas_cumprod
 
 
@@ -292,8 +292,6 @@ def convert(src: str | Path, out: str | Path, fmt: str | None = None, size: int 
     ``diffusers.DiffusionPipeline.from_pretrained`` samples (DDIM, 5 steps by default); settings as
     ``convert_state``'s, ``fmt`` None detects the format. ``mmdlib.json`` records the source file's SHA-256
     and which weights were taken."""
-    from .models import save_pipeline
-
     state, taken = read_checkpoint(src)
     fmt = fmt or detect_format(state)
     unet, ac = convert_state(state, fmt, size, heads, dropout, schedule, T, rescale_timesteps)
@@ -306,84 +304,9 @@ def convert(src: str | Path, out: str | Path, fmt: str | None = None, size: int 
     return save_pipeline(unet, out, alphas_cumprod=ac, meta=meta)
 
 
-def converted_meta(folder: str | Path) -> dict | None:
-    from .models import META_FILE
-
-    p = Path(folder) / META_FILE
-    return json.loads(p.read_text()).get("converted_from") if p.is_file() else None
-
-
 def converted(src: str | Path, fmt: str | None = None, size: int | None = None, heads: int = 4,
               dropout: float | None = None) -> Path:  # the format's schedule
     """The converted folder of checkpoint file ``src`` under $MMDLIB_CACHE/converted, keyed by the file's
     SHA-256 and the settings: converted on first use only."""
-    from .cache import cached
-
     key = {"sha256": file_hash(src), "format": fmt, "size": size, "heads": heads, "dropout": dropout}
     return cached("converted", key, lambda tmp: convert(src, tmp / "model", fmt, size, heads, dropout)) / "model"
-
-
-def download(url: str, dest: Path, progress: bool = True) -> Path:
-    """``url`` to ``dest`` through a temporary file beside it (renamed when complete), with a progress bar."""
-    import os
-    import tempfile
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}-", dir=dest.parent)
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "mmdlib"}), timeout=60) as r, \
-                os.fdopen(fd, "wb") as f:
-            if r.headers.get_content_type() == "text/html":
-                raise OSError("the server sent a web page, not the file (a quota or confirmation page)")
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                for block in iter(lambda: r.read(1 << 20), b""):
-                    f.write(block)
-                    bar.update(len(block))
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dest
-
-
-def paper_model(name: str, progress: bool = True) -> Path:
-    """The converted folder of the paper's model ``name`` (``models.PAPER_MODELS``): its file is taken from
-    $MMDLIB_CACHE/downloads/ or downloaded there from its authors' URL, checked against the published MD5,
-    converted, and cached (keyed by that MD5, or by the URL where none is published)."""
-    from .cache import cache_dir, cached, env_flag
-    from .models import PAPER_MODELS
-
-    ck = PAPER_MODELS[name]
-    local = cache_dir() / "downloads" / ck.file
-
-    def build(tmp: Path) -> None:
-        fresh = not local.is_file()
-        if fresh:
-            by_hand = ck.page or ck.url
-            how = (f"Download {by_hand} on a connected machine and put it at {local}, or pass the file itself "
-                   f"(--model /path/to/{ck.file}).")
-            if env_flag("HF_HUB_OFFLINE") or env_flag("MMDLIB_OFFLINE"):
-                raise MMDLibError(f"model {name!r} is not downloaded yet and this process is offline "
-                                  f"(HF_HUB_OFFLINE/MMDLIB_OFFLINE). {how}")
-            print(f"downloading {name!r} ({ck.source}) from {ck.url}")
-            try:
-                download(ck.url, local, progress)
-            except OSError as e:
-                raise MMDLibError(f"could not download model {name!r} from {ck.url} ({e}). {how}") from None
-        digest = file_hash(local, "md5")
-        if ck.md5 and digest != ck.md5:
-            if fresh:  # ours: not kept
-                local.unlink()
-                raise MMDLibError(f"the download of {name!r} from {ck.url} has MD5 {digest}, not the published "
-                                  f"{ck.md5}: damaged in transit or changed at the source (deleted; try again).")
-            raise MMDLibError(f"{local} has MD5 {digest}, not the published {ck.md5} of {name!r}: a damaged or "
-                              f"different file. Delete it to download it again.")
-        if not ck.md5:
-            print(f"{name!r}: its authors publish no hash; the file's SHA-256 is {file_hash(local)} (recorded).")
-        convert(local, tmp / "model", ck.format, ck.size, dropout=ck.dropout, verbose=progress)
-
-    key = {"paper_model": name, "md5": ck.md5} if ck.md5 else {"paper_model": name, "url": ck.url}
-    return cached("converted", {**key, "format": ck.format, "size": ck.size, "dropout": ck.dropout}, build) / "model"

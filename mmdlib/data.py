@@ -255,6 +255,15 @@ def imagenet64_dataset(split: str = "train", root: str | Path = "data/imagenet64
     return TensorImages(torch.from_numpy(np.concatenate(data)), torch.from_numpy(np.concatenate(labels)))
 
 
+def dataset_images(dataset, n: int | None = None, seed: int = 0) -> torch.Tensor:
+    """All (or ``n`` seeded random) images of a dataset as one float tensor [N, C, H, W]."""
+    idx = list(range(len(dataset))) if n is None or n >= len(dataset) else \
+        torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    if isinstance(dataset, TensorImages):  # in memory: one indexing, no per-item loop
+        return dataset.float_images(idx)
+    return torch.stack([dataset[i][0] for i in idx])
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": lambda split="train", **kw: digits_dataset(split),
     "cifar10": cifar10_dataset,
@@ -272,3 +281,13 @@ def get_dataset(name: str, split: str = "train", **kw) -> Dataset:
             return folder_dataset(name, kw.get("size"), split="all", channels=kw.get("channels", 3))
         raise MMDLibError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, or a folder of images.")
     return DATASETS[name](split=split, **kw)
+
+
+def data_options(name: str, root: str | None = None, download: bool = False, channels: int | None = None) -> dict:
+    """The keyword arguments ``get_dataset(name, ...)`` takes from run settings: where the data lives, whether
+    torchvision may download it, and for a folder of images the channels to read it with (give the model's:
+    grayscale stays one channel for a 1-channel model)."""
+    folder = name == "folder" or name not in DATASETS
+    return {**({"root": root} if root else {}), **({"download": True} if download else {}),
+            **({"channels": channels} if folder and channels else {})}
+

@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 
 from .data import digits_dataset
-from .evaluate import evaluate, grid_samples
+from .evaluate import evaluate
+from .export import save_pipeline
 from .finetune import Finetuner
-from .models import load_model, save_pipeline
+from .generate import grid_samples
+from .models import load_model
 from .plots import save_grid
 from .presets import get_preset
 from .report import gap_closed
+from .runfolder import RunFolder
 
 PRESET = get_preset("digits")
 DEMO = PRESET.finetune
@@ -22,38 +25,39 @@ MEASURED_IN = PRESET.measure
 
 def run_demo(out: str | Path, budget: int = DEMO.budget, iterations: int = DEMO.iterations,
              n: int = PRESET.evaluation.n, seeds: int = len(PRESET.evaluation.seeds), overwrite: bool = False,
-             resume: bool = False, progress: bool = True) -> dict:
+             resume: bool = False, progress: bool = True, folder: RunFolder | None = None) -> dict:
     """Finetune the digits base model for ``budget`` steps; write metrics.json, base/, finetuned/ and grids.
 
     Scored at ``budget`` steps before and after (``seeds`` evaluation seeds), and the base model at the
-    preset's reference budget (100 steps) with its reference seeds (the first only, as chapter 3 does): at
-    20 times the steps per sample it would otherwise take most of the demo's time. Scores are cached under
-    $MMDLIB_CACHE like the book's, so a second run only finetunes."""
+    preset's many-step budget (100 steps) with its seeds there (the first only, as chapter 3 does): at 20
+    times the steps per sample it would otherwise take most of the demo's time. Scores are cached under
+    $MMDLIB_CACHE like the book's, so a second run only finetunes. ``folder``: ``out`` as a checked
+    ``RunFolder`` (the CLI's)."""
     out = Path(out)
     cfg = dataclasses.replace(DEMO, budget=budget, iterations=iterations, out=str(out))
-    reference = PRESET.reference_budget
+    many = PRESET.many_steps
     evaluation = dataclasses.replace(PRESET.evaluation, n=n, seeds=seeds).check()
     base = load_model("digits")
-    ft = Finetuner(base, digits_dataset(cfg.split), cfg, resume=resume, overwrite=overwrite,
-                   progress=progress)  # checks `out` first; trains its own copy of the weights
+    ft = Finetuner(base, digits_dataset(cfg.split), cfg, folder, resume=resume, overwrite=overwrite,
+                   progress=progress)  # opens `out` first; trains its own copy of the weights
     before = evaluate(base, evaluation, budgets=(budget,), progress=progress, cache=True)
-    reference_seeds = evaluation.seeds[:PRESET.reference_seeds]
-    many = evaluate(base, evaluation, budgets=(reference,), seeds=reference_seeds, progress=progress, cache=True)
+    many_seeds = evaluation.seeds[:PRESET.many_steps_seeds]
+    at_many = evaluate(base, evaluation, budgets=(many,), seeds=many_seeds, progress=progress, cache=True)
     save_pipeline(base.unet, out / "base", budget, base.alphas_cumprod)
     save_grid(grid_samples(base, budget), out / f"samples_before_{budget}steps.png")
     ft.run()
     after = evaluate(ft.model, evaluation, budgets=(budget,), progress=progress, cache=True)
     save_grid(grid_samples(ft.model, budget), out / f"samples_after_{budget}steps.png")
     save_grid(digits_dataset("all").images[:64], out / "samples_real.png")
-    fid_before, fid_after, fid_reference = (r[b][MEASURED_IN]["fid"] for r, b in
-                                            ((before, budget), (after, budget), (many, reference)))
+    fid_before, fid_after, fid_many = (r[b][MEASURED_IN]["fid"] for r, b in
+                                       ((before, budget), (after, budget), (at_many, many)))
     metrics = {
-        "budget": budget, "feature_space": MEASURED_IN, "optimised_space": cfg.features,
-        "fid_before": fid_before, "fid_after": fid_after, "fid_reference": fid_reference,
-        "reference_budget": reference, "gap_closed": gap_closed(fid_before, fid_after, fid_reference),
-        "n_samples": n, "seeds": list(evaluation.seeds), "reference_seeds": list(reference_seeds),
-        "reference": "digits/all (1,797 images)",
-        "before": {str(b): v for b, v in {**before, **many}.items()}, "after": {str(b): v for b, v in after.items()},
+        "budget": budget, "timesteps": ft.timesteps, "feature_space": MEASURED_IN, "optimised_space": cfg.features,
+        "fid_before": fid_before, "fid_after": fid_after, "fid_many_steps": fid_many, "many_steps": many,
+        "gap_closed": gap_closed(fid_before, fid_after, fid_many), "n_samples": n, "seeds": list(evaluation.seeds),
+        "many_steps_seeds": list(many_seeds), "reference": "digits/all (1,797 images)",
+        "before": {str(b): v for b, v in {**before, **at_many}.items()},
+        "after": {str(b): v for b, v in after.items()},
         "config": dataclasses.asdict(cfg), "evaluation": dataclasses.asdict(evaluation),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -15,13 +15,18 @@ from pathlib import Path
 
 import torch
 
+from . import devices
 from .cache import cache_dir, cached, config_key, full_key
-from .data import get_dataset
-from .errors import MMDLibError
-from .evaluate import EvalConfig, embed, evaluate, generate, grid_samples
+from .compat import moved
+from .config import EvalConfig, FinetuneConfig
+from .data import data_options
+from .evaluate import evaluate, reference_features, reference_key
 from .features import FeatureExtractor, get_feature_extractor
-from .finetune import FinetuneConfig, Finetuner, pick_device
+from .finetune import Finetuner, real_dataset
+from .generate import generate, grid_samples
+from .metrics import embed, fid_from_features
 from .models import LoadedModel, load_model
+from .notebook import check_parameters as _check_parameters
 from .sampling import ddim_sample, noise, slerp, to_unit
 from .schedules import timestep_subset
 from .speed import resolve_speed
@@ -43,38 +48,9 @@ class Run:
         return pd.read_csv(self.folder / "log.csv")
 
 
-def check_parameters() -> None:
-    """Under papermill, refuse a parameter the notebook does not have: ``-p`` injects any name it is given,
-    so a misspelt or renamed one (``timesteps`` for ``budget``) would leave the default silently in force.
-    Called right after the parameters cell; reads the two cells run before it (papermill's injected
-    "# Parameters" cell and the notebook's parameters cell). Elsewhere (Jupyter, Colab) it does nothing."""
-    import ast
-
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    history = shell.user_ns.get("In", []) if shell is not None else []
-    if len(history) < 3 or not history[-2].startswith("# Parameters"):
-        return
-
-    def names(source: str) -> set[str]:
-        return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets
-                if isinstance(t, ast.Name)}
-
-    known, given = names(history[-3]), names(history[-2])
-    if given - known:
-        raise MMDLibError(f"unknown notebook parameter(s): {', '.join(sorted(given - known))}; this notebook's "
-                          f"parameters are {', '.join(sorted(known))}.")
-
-
 def base(name: str = "digits") -> Run:
     """The pretrained model ``name`` (for ``digits``, the weights shipped in the package)."""
     return Run(load_model(name))
-
-
-config = FinetuneConfig  # the notebooks' name for it: the paper's settings, checkpointing chosen by memory
 
 
 def finetune_key(model: LoadedModel, extractor: FeatureExtractor, cfg: FinetuneConfig, device) -> dict:
@@ -90,30 +66,24 @@ def finetune_key(model: LoadedModel, extractor: FeatureExtractor, cfg: FinetuneC
 
 
 def _resolve(cfg: FinetuneConfig) -> tuple[LoadedModel, FeatureExtractor, torch.device, dict]:
-    device = pick_device(cfg.device)
+    device = devices.pick_device(cfg.device)
     model, extractor = load_model(cfg.model), get_feature_extractor(cfg.features)
     return model, extractor, device, finetune_key(model, extractor, cfg.check(), device)
 
 
 def _work_folder(key: dict) -> Path:
+    """Where the finetune keyed ``key`` runs (and resumes after an interruption) before it enters the cache."""
     return cache_dir() / "runs" / config_key(full_key(key))
-
-
-def run_folder(cfg: FinetuneConfig) -> Path:
-    """Where the finetune for ``cfg`` runs (and resumes after an interruption) before it enters the cache."""
-    return _work_folder(_resolve(cfg)[3])
 
 
 def finetuned(cfg: FinetuneConfig, progress: bool = True) -> Run:
     """``cfg.model`` finetuned with ``cfg`` (output knobs ignored), computed once and cached."""
-    data_kw = {"root": cfg.data_root} if cfg.data_root else {}
     model, extractor, device, key = _resolve(cfg)
     work = _work_folder(key)
 
     def build(tmp: Path) -> None:
         c = dataclasses.replace(cfg, out=str(work))
-        Finetuner(model, get_dataset(cfg.dataset, cfg.split, **data_kw), c, extractor=extractor, resume=True,
-                  progress=progress).run()
+        Finetuner(model, real_dataset(cfg, model), c, extractor=extractor, resume=True, progress=progress).run()
         for name in ("finetuned", "samples", "log.csv"):
             (shutil.copytree if (work / name).is_dir() else shutil.copy)(work / name, tmp / name)
         shutil.rmtree(work)
@@ -125,13 +95,13 @@ def finetuned(cfg: FinetuneConfig, progress: bool = True) -> Run:
 def scores(run: Run, config: EvalConfig | None = None, progress: bool = True, **settings) -> dict:
     """``evaluate(run.model, ...)`` (FID, KID, precision/recall, IS; mean and std over the evaluation
     seeds), each (budget, seed, space) computed once and cached (``evaluate.score_key``)."""
-    return evaluate(run.model, config, device=pick_device(), progress=progress, cache=True, **settings)
+    return evaluate(run.model, config, device=devices.pick_device(), progress=progress, cache=True, **settings)
 
 
 def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 0, timestep_spacing: str = "auto",
                        sampler: str = "ddim", eta: float = 0.0) -> torch.Tensor:
     """``evaluate.grid_samples`` of ``run``'s model on the default device: call it on two runs to compare them."""
-    return grid_samples(run.model, budget, n, seed, timestep_spacing, sampler, eta, device=pick_device())
+    return grid_samples(run.model, budget, n, seed, timestep_spacing, sampler, eta, device=devices.pick_device())
 
 
 @torch.no_grad()
@@ -155,10 +125,8 @@ def data_floor(run: Run, budget: int, dataset: str = "digits", split: str = "all
     distribution this size have FID ``floor``, not 0; a model within a small factor of it is close to the
     data. Returns ``{space: {"floor": [...], "model": [...]}}`` (one value per draw), cached per space; the
     samples of a draw are generated once for every space."""
-    from .evaluate import fid_from_features, reference_features, reference_key
-
-    data_kw = {"root": data_root} if data_root else {}
-    device = pick_device()
+    data_kw = data_options(dataset, data_root, channels=run.model.sample_shape[0])
+    device = devices.pick_device()
     m = run.model
     steps = timestep_subset(budget, m.T)
     samples: dict[int, torch.Tensor] = {}  # per draw, generated on first need only
@@ -186,3 +154,8 @@ def data_floor(run: Run, budget: int, dataset: str = "digits", split: str = "all
         return json.loads((cached("data-floor", key, build) / "floor.json").read_text())
 
     return {space: floor(space) for space in spaces}
+
+
+__getattr__ = moved(__name__, {
+    "config": (FinetuneConfig, "mmdlib.presets.settings(name, **overrides).finetune, or mmdlib.config.FinetuneConfig"),
+    "check_parameters": (_check_parameters, "mmdlib.notebook.check_parameters")})

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import cached, smoke_test, trained_on, weights_hash
+from .cache import weights_hash
 from .errors import MMDLibError
+from .pretrain import digits_classifier
 
 RANGE_TOLERANCE = 1e-3
 
@@ -151,6 +152,29 @@ class InceptionSpatialFeatures(InceptionFeatures):
                 "resize": "tf1-bilinear-299"}
 
 
+def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
+    """A weights file in torch-fidelity's Inception key layout with random (He-initialised) weights, for
+    ``InceptionFeatures(weights_path=...)`` offline: tests and speed benchmarks, where only the architecture
+    matters."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    torch.manual_seed(seed)
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return Path(path)
+
+
 # --- CLIP (open_clip) ----------------------------------------------------------------------------------
 
 class ClipFeatures(FeatureExtractor):
@@ -205,123 +229,18 @@ class ClipFeatures(FeatureExtractor):
 
 # --- The digits feature spaces ---------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class DigitsNetConfig:
-    """A small CNN digit classifier. Its features concatenate the penultimate layer (shape and class) with
-    the global-average-pooled activations of every conv block (strokes, texture, sharpness), each
-    dimension standardised by its mean and spread over the train split, so that no group drowns the
-    others: a classifier's last layer alone collapses to class clusters and is blind to blur."""
-
-    widths: tuple[int, ...]
-    hidden: int
-    kernel: int
-    seed: int
-    epochs: int = 40
-    lr: float = 2e-3
-    version: int = 2
-
-
-DIGITS_NETS = {
-    "digits-a": DigitsNetConfig(widths=(32, 64), hidden=64, kernel=3, seed=1),
-    "digits-b": DigitsNetConfig(widths=(16, 32, 64), hidden=128, kernel=3, seed=2),
-}
-
-
-class DigitsNet(nn.Module):
-    def __init__(self, cfg: DigitsNetConfig):
-        super().__init__()
-        convs, c = [], 1
-        for w in cfg.widths:
-            convs.append(nn.Sequential(nn.Conv2d(c, w, cfg.kernel, padding=cfg.kernel // 2), nn.BatchNorm2d(w), nn.ReLU()))
-            c = w
-        self.convs = nn.ModuleList(convs)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * 4 * 4, cfg.hidden), nn.Tanh())
-        self.head = nn.Linear(cfg.hidden, 10)
-
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        pooled = []
-        for i, conv in enumerate(self.convs):
-            x = conv(x)
-            pooled.append(x.mean((2, 3)))
-            if i == 0:
-                x = F.max_pool2d(x, 2)  # 8x8 -> 4x4 after the first block
-        h = self.fc(x)
-        return h, pooled
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x)[0])
-
-    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
-        h, pooled = self.embed(x)
-        return torch.cat([h, *pooled], 1)
-
-
-def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random translations by up to one pixel (zero padding): cheap augmentation for 8x8 digits."""
-    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
-    return torch.roll(F.pad(x, (1, 1, 1, 1)), (dy, dx), (2, 3))[..., 1:-1, 1:-1]
-
-
-def train_digits_net(cfg: DigitsNetConfig, device: str | torch.device = "auto"
-                     ) -> tuple[DigitsNet, float, torch.Tensor, torch.Tensor]:
-    """Train on the digits train split on ``device`` ("auto": CUDA when there is one; batches and shifts are
-    drawn on the CPU, so the CPU's numbers do not depend on it). Returns, on the CPU, the net, its test-split
-    accuracy, and the feature mean and spread over the train split (spreads floored at a tenth of their
-    median, so dead units are not blown up)."""
-    from .data import digits_dataset
-    from .finetune import pick_device
-
-    device = pick_device(str(device))
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    (xtr, ytr), (xte, yte) = [(d.images.float().to(device), d.labels.to(device))
-                              for d in (digits_dataset("train"), digits_dataset("test"))]
-    net = DigitsNet(cfg).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
-    for _ in range(cfg.epochs):
-        net.train()
-        for idx in torch.randperm(len(xtr), generator=g).split(64):
-            idx = idx.to(device)
-            loss = F.cross_entropy(net(_shift(xtr[idx], g)), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-    net.eval()
-    with torch.no_grad():
-        acc = (net(xte).argmax(1) == yte).float().mean().item()
-        f = net.raw_features(xtr)
-    sd = f.std(0)
-    return net.cpu(), acc, f.mean(0).cpu(), sd.clamp_min(0.1 * sd.median()).cpu()
-
-
 class DigitsFeatures(FeatureExtractor):
-    """A small CNN trained on the digits (first use trains it in seconds and caches it)."""
+    """A small CNN trained on the digits (``pretrain.digits_classifier``: trained in seconds on first use and
+    cached); its features are ``DigitsNet.raw_features``, standardised."""
 
     channels, size = 1, 8
 
     def __init__(self, name: str = "digits-a"):
-        from .finetune import pick_device
-
         super().__init__()
-        self.name, cfg = name, DIGITS_NETS[name]
-        if smoke_test():  # MMDLIB_SMOKE=1: one epoch, for tests of the notebooks
-            cfg = dataclasses.replace(cfg, epochs=1)
-        device = pick_device()
-
-        def build(tmp: Path) -> None:
-            net, acc, mean, std = train_digits_net(cfg, device)
-            torch.save({"state_dict": net.state_dict(), "test_accuracy": acc, "mean": mean, "std": std},
-                       tmp / "net.pt")
-
-        folder = cached("digits-net", {"name": name, **dataclasses.asdict(cfg), **trained_on(device)}, build)
-        ckpt = torch.load(folder / "net.pt", weights_only=True)
-        self.net = DigitsNet(cfg)
-        self.net.load_state_dict(ckpt["state_dict"])
-        self.test_accuracy = ckpt["test_accuracy"]
-        self.register_buffer("mean", ckpt["mean"])
-        self.register_buffer("std", ckpt["std"])
+        self.name = name
+        self.net, self.test_accuracy, mean, std, cfg = digits_classifier(name)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
         self.dim = cfg.hidden + sum(cfg.widths)
         self._config = dataclasses.asdict(cfg)
         self.freeze()
@@ -349,8 +268,19 @@ FEATURES: dict[str, Callable[..., FeatureExtractor]] = {
 }
 
 
+INCEPTION_SPACES = ("inception", "inception-spatial")  # the spaces torch-fidelity's Inception weights make
+
+
 def get_feature_extractor(name: str, **kw) -> FeatureExtractor:
     """The feature extractor registered as ``name`` (see FEATURES), frozen, in eval mode."""
     if name not in FEATURES:
         raise MMDLibError(f"unknown feature space {name!r}; known feature spaces: {', '.join(FEATURES)}.")
     return FEATURES[name](**kw)
+
+
+def get_feature_extractors(spaces, device=None, inception_weights: str | None = None) -> dict[str, FeatureExtractor]:
+    """The extractor of each space in ``spaces``, on ``device``; ``inception_weights`` (a local torch-fidelity
+    weights file) goes to every space in ``INCEPTION_SPACES``."""
+    local = {"weights_path": inception_weights} if inception_weights else {}
+    return {s: get_feature_extractor(s, **(local if s in INCEPTION_SPACES else {})).to(device or "cpu")
+            for s in spaces}

@@ -1,9 +1,11 @@
-"""The embedded base model: a small UNet2DModel trained with DDPM's loss (paper eq. 5) on the digits.
+"""What mmdlib trains itself for the embedded digits default: the base model, a small UNet2DModel trained with
+DDPM's loss (paper eq. 5), and the two digit classifiers whose features are the ``digits-a``/``digits-b`` spaces.
 
-The default recipe's weights ship with the package (``mmdlib/weights/digits``, checked against their
-SHA-256 on load; ``python -m mmdlib.pretrain --out DIR`` regenerates them from the recipe and its seed).
+The base model's default recipe ships with the package (``mmdlib/weights/digits``, checked against its
+SHA-256 on load; ``python -m mmdlib.pretrain --out DIR`` regenerates it from the recipe and its seed).
 Any other recipe, and the tiny smoke recipe, is trained on first use, with an EMA of the weights, and
-cached under ``$MMDLIB_CACHE/base-model/<config hash>`` as a diffusers folder.
+cached under ``$MMDLIB_CACHE/base-model/<config hash>`` as a diffusers folder. The classifiers train in
+seconds on first use and are cached under ``$MMDLIB_CACHE/digits-net/<config hash>``.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
+from . import devices
 from .cache import cached, file_hash, smoke_test, trained_on
 from .data import digits_dataset
 from .errors import MMDLibError
@@ -55,6 +60,15 @@ def make_unet(cfg: DigitsModelConfig, channels: int = 1, size: int = 8):
     )
 
 
+def ddpm_loss(model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+              alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """DDPM's simple loss (eq. 5): mean |eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t)|^2, a_t =
+    alpha_bar at each sample's t; ``model`` is a diffusers UNet or any (x, t) -> eps callable."""
+    a = alphas_cumprod[t].view(-1, *[1] * (x0.dim() - 1))
+    out = model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t)
+    return (getattr(out, "sample", out) - eps).square().mean()
+
+
 def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: bool = True, callback=None,
                device: str | torch.device = "auto"):
     """DDPM training (eq. 5): t ~ U{0..T-1}, minimise |eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t)|^2.
@@ -64,9 +78,7 @@ def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: boo
     depend on it. ``callback(iteration, ema)`` runs after every iteration, ``ema`` on ``device`` (with a
     constant learning rate, the EMA after k iterations is exactly the model a k-iteration run returns).
     """
-    from .finetune import pick_device
-
-    device = pick_device(str(device))
+    device = devices.pick_device(str(device))
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     ac = alphas_cumprod(linear_betas(cfg.T)).float().to(device)
@@ -84,8 +96,7 @@ def train_ddpm(unet, images: torch.Tensor, cfg: DigitsModelConfig, progress: boo
         x0 = x_all[torch.randint(len(x_all), (cfg.batch_size,), generator=g).to(device)]
         t = torch.randint(cfg.T, (cfg.batch_size,), generator=g).to(device)
         eps = torch.randn(x0.shape, generator=g).to(device)
-        a = ac[t].view(-1, 1, 1, 1)
-        loss = (unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample - eps).square().mean()
+        loss = ddpm_loss(unet, x0, t, eps, ac)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
@@ -146,14 +157,123 @@ def digits_model_path(cfg: DigitsModelConfig | None = None, progress: bool = Tru
     """The diffusers folder of the digits base model: the shipped weights for the default recipe, else
     (another recipe, the smoke recipe, or a package without the weights) trained on first use, on CUDA when
     there is one, and cached under a key that names the device class."""
-    from .finetune import pick_device
-
     cfg = cfg or default_config()
     if cfg == DigitsModelConfig() and (shipped := shipped_model_path()) is not None:
         return shipped
-    device = pick_device()
+    device = devices.pick_device()
     return cached("base-model", {"kind": "digits-ddpm", **dataclasses.asdict(cfg), **trained_on(device)},
                   lambda tmp: write_model(cfg, tmp, progress, device))
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsNetConfig:
+    """A small CNN digit classifier. Its features concatenate the penultimate layer (shape and class) with
+    the global-average-pooled activations of every conv block (strokes, texture, sharpness), each
+    dimension standardised by its mean and spread over the train split, so that no group drowns the
+    others: a classifier's last layer alone collapses to class clusters and is blind to blur."""
+
+    widths: tuple[int, ...]
+    hidden: int
+    kernel: int
+    seed: int
+    epochs: int = 40
+    lr: float = 2e-3
+    version: int = 2
+
+
+DIGITS_NETS = {
+    "digits-a": DigitsNetConfig(widths=(32, 64), hidden=64, kernel=3, seed=1),
+    "digits-b": DigitsNetConfig(widths=(16, 32, 64), hidden=128, kernel=3, seed=2),
+}
+
+
+class DigitsNet(nn.Module):
+    def __init__(self, cfg: DigitsNetConfig):
+        super().__init__()
+        convs, c = [], 1
+        for w in cfg.widths:
+            convs.append(nn.Sequential(nn.Conv2d(c, w, cfg.kernel, padding=cfg.kernel // 2), nn.BatchNorm2d(w),
+                                       nn.ReLU()))
+            c = w
+        self.convs = nn.ModuleList(convs)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * 4 * 4, cfg.hidden), nn.Tanh())
+        self.head = nn.Linear(cfg.hidden, 10)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pooled = []
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            pooled.append(x.mean((2, 3)))
+            if i == 0:
+                x = F.max_pool2d(x, 2)  # 8x8 -> 4x4 after the first block
+        h = self.fc(x)
+        return h, pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x)[0])
+
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        h, pooled = self.embed(x)
+        return torch.cat([h, *pooled], 1)
+
+
+def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random translations by up to one pixel (zero padding): cheap augmentation for 8x8 digits."""
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+    return torch.roll(F.pad(x, (1, 1, 1, 1)), (dy, dx), (2, 3))[..., 1:-1, 1:-1]
+
+
+def train_digits_net(cfg: DigitsNetConfig, device: str | torch.device = "auto"
+                     ) -> tuple[DigitsNet, float, torch.Tensor, torch.Tensor]:
+    """Train on the digits train split on ``device`` ("auto": CUDA when there is one; batches and shifts are
+    drawn on the CPU, so the CPU's numbers do not depend on it). Returns, on the CPU, the net, its test-split
+    accuracy, and the feature mean and spread over the train split (spreads floored at a tenth of their
+    median, so dead units are not blown up)."""
+    device = devices.pick_device(str(device))
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    (xtr, ytr), (xte, yte) = [(d.images.float().to(device), d.labels.to(device))
+                              for d in (digits_dataset("train"), digits_dataset("test"))]
+    net = DigitsNet(cfg).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    for _ in range(cfg.epochs):
+        net.train()
+        for idx in torch.randperm(len(xtr), generator=g).split(64):
+            idx = idx.to(device)
+            loss = F.cross_entropy(net(_shift(xtr[idx], g)), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(xte).argmax(1) == yte).float().mean().item()
+        f = net.raw_features(xtr)
+    sd = f.std(0)
+    return net.cpu(), acc, f.mean(0).cpu(), sd.clamp_min(0.1 * sd.median()).cpu()
+
+
+def digits_classifier(name: str) -> tuple[DigitsNet, float, torch.Tensor, torch.Tensor, DigitsNetConfig]:
+    """(net, test accuracy, feature mean, feature spread, recipe) of the digit classifier ``name``
+    (``DIGITS_NETS``; one epoch under MMDLIB_SMOKE=1), trained on first use, on CUDA when there is one, and
+    cached under a key that names the device class."""
+    if name not in DIGITS_NETS:
+        raise MMDLibError(f"unknown digit classifier {name!r}; known: {', '.join(DIGITS_NETS)}.")
+    cfg = DIGITS_NETS[name]
+    if smoke_test():  # MMDLIB_SMOKE=1: one epoch, for tests of the notebooks
+        cfg = dataclasses.replace(cfg, epochs=1)
+    device = devices.pick_device()
+
+    def build(tmp: Path) -> None:
+        net, acc, mean, std = train_digits_net(cfg, device)
+        torch.save({"state_dict": net.state_dict(), "test_accuracy": acc, "mean": mean, "std": std}, tmp / "net.pt")
+
+    folder = cached("digits-net", {"name": name, **dataclasses.asdict(cfg), **trained_on(device)}, build)
+    ckpt = torch.load(folder / "net.pt", weights_only=True)
+    net = DigitsNet(cfg)
+    net.load_state_dict(ckpt["state_dict"])
+    return net, ckpt["test_accuracy"], ckpt["mean"], ckpt["std"], cfg
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,42 @@ def space_table(rows: dict[str, dict], spaces, title: str, metric: str = "fid", 
     return t
 
 
+def mean(values) -> float:
+    """The plain mean of a list of numbers."""
+    return sum(values) / len(values)
+
+
+def floor_summary(floor: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``experiments.data_floor``'s draws per space, averaged: the data's own FID between halves ("floor"),
+    the model's at the same sample sizes ("model") and their ratio."""
+    return {s: {"floor": mean(f["floor"]), "model": mean(f["model"]), "ratio": mean(f["model"]) / mean(f["floor"])}
+            for s, f in floor.items()}
+
+
+def floor_table(summary: dict[str, dict[str, float]], many_steps: int) -> pd.DataFrame:
+    """A ``floor_summary`` as the table chapter 3 shows, one column per space."""
+    rows = ("two halves of the real data", f"base model, {many_steps} steps, vs a half", "ratio")
+    return pd.DataFrame({f"FID ({s})": dict(zip(rows, (v["floor"], v["model"], v["ratio"])))
+                         for s, v in summary.items()}).round(2)
+
+
+def gaps(base: dict, tuned: dict, many: dict, spaces, budgets) -> dict[str, dict[int, float]]:
+    """``gap_closed`` per space and budget: ``base[b]`` and ``tuned[b]`` are score rows by space at budget b,
+    ``many`` the base model's rows by space at the many-step budget."""
+    return {s: {b: gap_closed(base[b][s]["fid"], tuned[b][s]["fid"], many[s]["fid"]) for b in budgets}
+            for s in spaces}
+
+
+def relative_change(new: float, old: float) -> float:
+    """new / old - 1: below 0 is lower (better, for FID)."""
+    return new / old - 1
+
+
+def best(rows: dict[str, dict], metric: str = "fid") -> str:
+    """The name of the row (score rows by name) with the lowest ``metric``."""
+    return min(rows, key=lambda name: rows[name][metric])
+
+
 def gap_closed(base_few: float, finetuned_few: float, base_many: float) -> float:
     """Share of the base model's few-to-many-step FID gap that finetuning closes (1: the finetuned model at
     few steps matches the base model at many; above 1: it beats it)."""
@@ -63,3 +99,14 @@ def glue_all(values: dict[str, object]) -> None:
         if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy/torch scalars as plain numbers
             value = value.item()
         glue(key, value, display=False)
+
+
+def own_space_verdict(comparisons: list[str]) -> str:
+    """Table 5's reading in words: in each measuring space, does the model optimised there score lowest?
+    ``comparisons``: ``compare`` of that model against each other model, in each space."""
+    if set(comparisons) == {"lower than"}:
+        return "the model optimised there scores lowest"
+    if "higher than" not in comparisons:
+        return "the model optimised there scores lowest or level with the other (within the spread over seeds)"
+    return "the model optimised there does not always score lowest"
+

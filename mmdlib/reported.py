@@ -5,6 +5,9 @@ Never measured here: every table the notebooks print from this module is labelle
 """
 from __future__ import annotations
 
+from .convert import FORMATS, unet_for
+from .paper_models import PAPER_MODELS
+
 _B4, _B3 = ["|T|=5", "|T|=10", "|T|=15", "|T|=20"], ["|T|=5", "|T|=10", "|T|=20"]
 
 TABLES: dict[int, dict] = {
@@ -79,11 +82,40 @@ BASE_FID = {"cifar10": "3.17 (DDPM, 1000 steps; Ho et al. 2020)", "church": "7.8
 DATASET_TABLE = {"cifar10": 1, "celeba64": 2, "imagenet64": 3, "church": 4}
 
 
-def reported_table(number: int):
-    """Table ``number`` of the paper as a pandas DataFrame, its caption marked "as reported in the paper"."""
+def reported_table(number: int, budgets=None):
+    """Table ``number`` of the paper as a pandas DataFrame, its caption marked "as reported in the paper";
+    with ``budgets``, only the columns of those budgets (Tables 1-4, 7-9)."""
     import pandas as pd
 
     t = TABLES[number]
     df = pd.DataFrame.from_dict(t["rows"], orient="index", columns=t["columns"])
+    if budgets is not None:
+        df = df[[f"|T|={b}" for b in budgets if f"|T|={b}" in df.columns]]
     df.attrs["caption"] = f"{t['title']} (as reported in the paper, not measured here)"
     return df
+
+
+def paper_models_table():
+    """The paper's base models (``PAPER_MODELS``) as a pandas DataFrame: where each comes from, its weights,
+    its parameters (counted on its authors' architecture, built empty), its schedule, and the FIDs reported
+    for it (the MMD-DDM paper's DDIM rows; a many-step FID where its authors' paper is quoted in
+    ``reported.BASE_FID``)."""
+    import pandas as pd
+    import torch
+
+    rows = {}
+    for name, ck in PAPER_MODELS.items():
+        f = FORMATS[ck.format]
+        with torch.device("meta"):
+            unet = unet_for(ck.format, ck.size, 3, dropout=ck.dropout, **ck.arch)
+        table = TABLES[DATASET_TABLE[name]]
+        ddim = dict(zip(table["columns"], table["rows"]["DDIM"]))
+        rows[name] = {
+            "source": ck.source, "weights": "EMA" if ck.ema else "not EMA", "format": ck.format,
+            "image size": ck.size, "parameters (M)": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}",
+            "schedule": f"{f.schedule}, T = {f.T}" + (", network fed t·1000/T" if ck.format != "ddpm" else ""),
+            "MD5 published": "yes" if ck.md5 else "no",
+            "DDIM FID, 5 / 10 / 20 steps (reported, MMD-DDM paper)": " / ".join(
+                f"{ddim[f'|T|={b}']}" for b in (5, 10, 20)),
+            "many-step FID (reported)": BASE_FID.get(name, "not quoted here")}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("name")

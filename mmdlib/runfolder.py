@@ -53,6 +53,19 @@ def _load_plain(path: Path, map_location) -> dict:
     return state
 
 
+def _cut_log(path: Path, iteration: int) -> None:
+    """Keep the log's rows up to ``iteration`` (a resumed run repeats the later ones), atomically."""
+    rows = [r for r in csv.DictReader(path.open()) if int(r["iteration"]) <= iteration]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
 def check_output_folder(path: str | Path) -> Path:
     """Refuse, in one line and creating nothing, an output folder that cannot be used: a file, a dangling
     symlink, a path through a file, a name too long, a place where nothing can be created (tried with a
@@ -85,7 +98,8 @@ class RunFolder:
     """The folder ``path`` of one run; only the main process (``main``) writes."""
 
     def __init__(self, path: str | Path, main: bool = True):
-        self.path, self.main = Path(path), main
+        """The folder at ``path``, checked (``check_output_folder``) but not created."""
+        self.path, self.main = check_output_folder(path), main
         self.run_file, self.checkpoint, self.log_file = self.path / "run.json", self.path / "checkpoint.pt", \
             self.path / "log.csv"
         self._lock: int | None = None
@@ -95,7 +109,6 @@ class RunFolder:
         ends); a folder another process holds is refused with its PID. The main process only."""
         if not self.main or self._lock is not None:
             return
-        check_output_folder(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
@@ -112,6 +125,20 @@ class RunFolder:
                               f"finetune in it; wait for it to end (or stop it), or choose another --out. Nothing "
                               f"was changed.") from None
         self._lock = fd
+
+    def open(self, identity: dict, resume: bool = False, overwrite: bool = False,
+             iterations: int | None = None) -> bool:
+        """Lock the folder (the main process, creating it) and ``check`` it (every process): whether to continue
+        its run. A refused folder is unlocked again, and removed when this call created it."""
+        created = self.main and not self.path.exists()
+        self.lock()
+        try:
+            return self.check(identity, resume, overwrite, iterations)
+        except BaseException:
+            self.unlock()
+            if created:
+                self.path.rmdir()
+            raise
 
     def unlock(self) -> None:
         """Release the lock ``lock`` took (nothing if it holds none)."""
@@ -198,15 +225,7 @@ class RunFolder:
         _write_json(self.run_file, {**record, "iteration": iteration, "pid": os.getpid(), "host": socket.gethostname(),
                                     **({"changes": changes} if changes else {})})
         if self.log_file.exists():
-            rows = [r for r in csv.DictReader(self.log_file.open()) if int(r["iteration"]) <= iteration]
-
-            def write(tmp: Path) -> None:
-                with tmp.open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-                    w.writeheader()
-                    w.writerows(rows)
-
-            atomic_write(self.log_file, write)
+            _cut_log(self.log_file, iteration)
 
     def save(self, state: dict, iteration: int) -> None:
         """Write the checkpoint ``{**state, "iteration": iteration}`` atomically, then record its iteration."""
@@ -225,3 +244,16 @@ class RunFolder:
             if new:
                 w.writeheader()
             w.writerow(row)
+
+
+def unstable(folder: RunFolder, what: str, iteration: int, lr: float, save_every: int) -> MMDLibError:
+    """The error for a run stopped at ``iteration`` because ``what`` (a loss, gradient or weights no longer
+    finite, or blown up): it names the folder's last checkpoint, written after a step that passed, and the
+    command that continues from it."""
+    saved = folder.saved_iteration()
+    restart = (f"The last checkpoint, {folder.checkpoint} (iteration {saved}), was written before this: continue "
+               f"from it with a smaller learning rate by rerunning the same command with --resume --lr {lr / 10:g}."
+               if saved else f"No checkpoint was written yet (the first comes at iteration {save_every}): rerun "
+               f"the same command with --overwrite --lr {lr / 10:g}.")
+    return MMDLibError(f"{what} at iteration {iteration} (lr {lr:g}); stopped. {restart}")
+

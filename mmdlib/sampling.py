@@ -10,6 +10,7 @@ does both), as diffusers' pipelines do: the in-chain noise is never x_T again.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence, Union
 
@@ -245,52 +246,79 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float | torch.Tensor) -> to
     return (torch.sin((1 - alpha) * theta) * x0 + torch.sin(alpha * theta) * x1) / torch.sin(theta)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": ddim_sample, "ddpm": ddpm_sample,
-                                                    "dpmpp2m": dpmpp_2m_sample, "unipc": unipc_sample}
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Everything about one sampler: the function (calling the record calls it), what a checkpointed step
+    keeps, its own timestep spacing, and the diffusers pipeline and scheduler an export writes for it
+    (class names: ``mmdlib.export`` builds them; a "module:Class" name is one of mmdlib's)."""
+
+    name: str
+    title: str  # as the book's tables name it
+    sample: Callable[..., torch.Tensor]
+    carried: int  # sample-sized tensors a checkpointed step keeps: x, and a multistep solver's history
+    spacing: str  # its own timestep spacing, the one "auto" stands for and its exported scheduler visits
+    pipeline: str
+    scheduler: str
+    scheduler_config: dict
+    spacings: dict  # the spacings its scheduler can express: mmdlib's name -> the scheduler's
+    eta: bool = False  # takes DDIM's eta
+    noisy: bool = False  # adds fresh noise at every step whatever the settings (DDPM)
+
+    def __call__(self, *args, **kw) -> torch.Tensor:
+        return self.sample(*args, **kw)
+
+    def options(self, eta: float | None = 0.0) -> dict:
+        """The options it takes from run settings: DDIM's eta; the others have none."""
+        if self.eta:
+            return {"eta": float(eta or 0.0)}
+        if eta:
+            raise MMDLibError(f"eta={eta} applies to the ddim sampler only; {self.name} takes no eta (leave it at 0).")
+        return {}
+
+    def stochastic(self, eta: float | None = 0.0) -> bool:
+        """Whether the chain adds fresh noise at its steps (DDPM, or DDIM with eta > 0)."""
+        return self.noisy or (self.eta and bool(eta))
+
+    def carried_tensors(self, eta: float | None = 0.0) -> int:
+        """Sample-sized tensors a checkpointed step keeps for backward: its inputs and a stochastic step's noise."""
+        return self.carried + self.stochastic(eta)
 
 
-def get_sampler(name: str) -> Callable[..., torch.Tensor]:
-    """The sampler registered as ``name`` (see SAMPLERS)."""
+_ONE_STEP = {"linear": "leading", "trailing": "trailing"}  # DDIM and DDPM schedulers: mmdlib's spacing -> theirs
+# the multistep schedulers as mmdlib steps them: order 2, data prediction, a first-order last step onto sigma = 0
+_MULTISTEP = {"solver_order": 2, "lower_order_final": True, "final_sigmas_type": "zero"}
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
+    Sampler("ddim", "DDIM", ddim_sample, 1, "linear", "DDIMPipeline", "DDIMScheduler",
+            {"set_alpha_to_one": True, "clip_sample": False}, _ONE_STEP, eta=True),
+    Sampler("ddpm", "DDPM", ddpm_sample, 1, "linear", "DDPMPipeline", "DDPMScheduler",
+            {"variance_type": "fixed_small", "clip_sample": False}, _ONE_STEP, noisy=True),
+    Sampler("dpmpp2m", "DPM-Solver++(2M)", dpmpp_2m_sample, 2, "trailing", "DDPMPipeline",
+            "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_type": "midpoint", **_MULTISTEP},
+            {"trailing": "trailing"}),
+    Sampler("unipc", "UniPC", unipc_sample, 4, "trailing", "DDPMPipeline",
+            "mmdlib.pipeline_schedulers:UniPCPipelineScheduler", {"solver_type": "bh2", "predict_x0": True,
+                                                                   **_MULTISTEP}, {"trailing": "trailing"}),
+)}
+
+
+def get_sampler(name: str) -> Sampler:
+    """The sampler registered as ``name`` (see SAMPLERS); call it as its function."""
     if name not in SAMPLERS:
         raise MMDLibError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}.")
     return SAMPLERS[name]
 
 
 def sampler_kwargs(name: str, eta: float | None = 0.0) -> dict:
-    """The options a sampler takes from run settings: DDIM's eta; DDPM has none (its noise is fixed by eq. 4)."""
-    get_sampler(name)
-    if name == "ddim":
-        return {"eta": float(eta or 0.0)}
-    if eta:
-        raise MMDLibError(f"eta={eta} applies to the ddim sampler only; {name} takes no eta (leave it at 0).")
-    return {}
-
-
-def is_stochastic(name: str, eta: float | None = 0.0) -> bool:
-    """Whether the chain adds fresh noise at its steps (DDPM, or DDIM with eta > 0)."""
-    return name == "ddpm" or (name == "ddim" and bool(eta))
-
-
-CARRIED = {"ddim": 1, "ddpm": 1, "dpmpp2m": 2, "unipc": 4}  # x, and a multistep solver's history
-# Each sampler's own timestep spacing, the one its exported diffusers scheduler visits for a budget: DDIM's
-# (and the paper's) "linear"; "trailing" for the multistep solvers, which starts them at t = T - 1
-SPACING = {"ddim": "linear", "ddpm": "linear", "dpmpp2m": "trailing", "unipc": "trailing"}
+    """The options sampler ``name`` takes from run settings (``Sampler.options``)."""
+    return get_sampler(name).options(eta)
 
 
 def resolve_spacing(sampler: str, spacing: str = "auto") -> str:
-    """``spacing``, where "auto" stands for ``sampler``'s own (``SPACING``)."""
-    get_sampler(sampler)
+    """``spacing``, where "auto" stands for ``sampler``'s own (``Sampler.spacing``)."""
+    own = get_sampler(sampler).spacing
     if spacing != "auto" and spacing not in TIMESTEP_SPACINGS:
         raise MMDLibError(f"unknown timestep spacing {spacing!r}; known: auto, {', '.join(TIMESTEP_SPACINGS)}.")
-    return SPACING[sampler] if spacing == "auto" else spacing
-
-
-def carried_tensors(name: str, eta: float | None = 0.0) -> int:
-    """How many sample-sized tensors a checkpointed step keeps for backward: its inputs (x, and what a
-    multistep solver carries: DPM-Solver++ the last data prediction, UniPC two and the uncorrected x) and
-    the noise a stochastic step adds."""
-    get_sampler(name)
-    return CARRIED[name] + is_stochastic(name, eta)
+    return own if spacing == "auto" else spacing
 
 
 def sample_seeded(model: Callable, seeds: Sequence[int], shape: Sequence[int], timesteps: Sequence[int],

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .sampling import carried_tensors, get_sampler, noise, to_unit
+from .sampling import get_sampler, noise, to_unit
 from .streams import stream_seeds
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -119,10 +119,17 @@ def plan_memory(net: Callable, extractor: nn.Module, timesteps, alphas_cumprod: 
                                exclude=params)
         feats, _ = saved_bytes(lambda: extractor(to_unit(x0.float())), exclude=params)
     # a checkpointed step keeps its inputs (a multistep solver's history too) and a stochastic step's noise
-    state = x.nbytes * carried_tensors(sampler, sampler_kw.get("eta"))
+    state = x.nbytes * get_sampler(sampler).carried_tensors(sampler_kw.get("eta"))
     trainable = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
     available = available_bytes(device, memory_gib) - 3 * trainable  # grads + Adam's moments
     k = plan_checkpointing(n, step, state, feats, available)
     gib = 2.0**-30
     return {"policy": "auto", "steps": n, "checkpointed": k, "step_gib": step * gib, "features_gib": feats * gib,
             "available_gib": available * gib, "estimate_gib": chain_peak(n, k, step, state, feats) * gib}
+
+
+def describe_plan(plan: dict) -> str:
+    """One line for the log: how many steps an "auto" plan checkpoints, and why."""
+    return (f"checkpointing {plan['checkpointed']} of {plan['steps']} sampler steps (estimated "
+            f"{plan['estimate_gib']:.1f} GiB of activations, {plan['available_gib']:.1f} GiB available)")
+

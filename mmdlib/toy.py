@@ -12,9 +12,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .cache import cached, weights_hash
 from .mmd import mmd2_unbiased
+from .pretrain import ddpm_loss
 from .sampling import ddim_sample
-from .schedules import alphas_cumprod, linear_betas
+from .schedules import alphas_cumprod, linear_betas, timestep_subset
 from .streams import stream_seed
 
 # draws of the "toy" stream, one per purpose: the data, the DDPM training, the MMD finetuning, the samples shown
@@ -65,8 +67,7 @@ def train_toy(data: torch.Tensor, iterations: int = 4000, batch: int = 512, lr: 
         x0 = data[torch.randint(len(data), (batch,), generator=g)]
         t = torch.randint(T, (batch,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        a = ac[t][:, None]
-        loss = (model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t) - eps).square().mean()
+        loss = ddpm_loss(model, x0, t, eps, ac)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,8 +80,6 @@ def trained_toy(data: torch.Tensor, iterations: int = 4000, batch: int = 512, lr
                 seed: int = 0) -> tuple[ToyDenoiser, torch.Tensor, list[float]]:
     """``train_toy``, trained once per setting and data and then loaded from $MMDLIB_CACHE (the theory
     chapter would otherwise retrain it on every build of the book)."""
-    from .cache import cached, weights_hash
-
     key = {"kind": "toy-ddpm", "data": weights_hash({"data": data}), "iterations": iterations, "batch": batch,
            "lr": lr, "T": T, "seed": seed}
 
@@ -118,11 +117,18 @@ def finetune_toy(model: nn.Module, data: torch.Tensor, ac: torch.Tensor, timeste
 def toy_samples(model: nn.Module, ac: torch.Tensor, budget: int, n: int = 2000, seed: int = 0) -> torch.Tensor:
     """``n`` points [n, 2] sampled with ``budget`` DDIM steps from the chapter's fixed noise (``toy_noise``):
     the same noise for every model, so before and after can be compared point by point."""
-    from .schedules import timestep_subset
-
     return ddim_sample(model, toy_noise(n, seed), timestep_subset(budget, len(ac)), ac)
 
 
 def ring_distance(x: torch.Tensor, radius: float = 1.0) -> float:
     """Mean distance of points [n, 2] from the circle the modes sit on: smeared samples lie off it."""
     return (x.norm(dim=1) - radius).abs().mean().item()
+
+
+def ring_verdict(samples: float, data: float) -> str:
+    """How tightly samples sit on the ring, in words, from their ``ring_distance`` and the data's: within 1.5
+    times the data's own is as tightly as the data."""
+    if samples < 1.5 * data:
+        return "about as tightly as the data"
+    return "closer than before, but not as tightly as the data"
+

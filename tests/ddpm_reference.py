@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
+SMALL = dict(ch_mult=(1, 2, 2), blocks=2, attn=(1,))  # a small architecture the tests use
+
+
 def random_state(ch=32, ch_mult=(1, 2, 2), blocks=2, attn=(1,), in_ch=3, out_ch=3, seed=0) -> dict:
     """Random weights named as the original checkpoints name them (``attn``: the levels with attention)."""
     g = torch.Generator().manual_seed(seed)

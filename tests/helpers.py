@@ -1,10 +1,9 @@
-"""Small fixtures shared by the tests (and the speed benchmark, which needs random Inception weights offline)."""
-from pathlib import Path
-from unittest import mock
-
+"""Small fixtures shared by the tests."""
 import torch
-from torch import nn
 from diffusers import UNet2DModel
+
+import mmdlib
+from mmdlib.features import write_random_inception_weights  # noqa: F401  (the tests' name for it)
 
 
 def make_tiny_unet(channels: int = 3, size: int = 8, seed: int = 0) -> UNet2DModel:
@@ -17,31 +16,18 @@ def make_tiny_unet(channels: int = 3, size: int = 8, seed: int = 0) -> UNet2DMod
     ).eval()
 
 
-def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
-    """A weights file in torch-fidelity's Inception key layout with random (He-initialised) weights: for
-    offline tests and speed benchmarks, where only the architecture matters."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
+def tiny_model(seed: int = 0, channels: int = 1, size: int = 8):
+    """``make_tiny_unet`` as a LoadedModel with the linear schedule over 1000 steps."""
+    from mmdlib.models import LoadedModel
 
-    torch.manual_seed(seed)
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
-    return Path(path)
+    return LoadedModel(make_tiny_unet(channels, size, seed), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
 
 
 def fake_cuda(monkeypatch) -> list[tuple[int, ...]]:
     """A mocked CUDA runtime on the CPU: mmdlib's device selection picks "cuda" for "auto", and a tensor or
     module sent to "cuda" stays on the CPU. Returns the shapes of the tensors sent there (parameters and
     buffers included)."""
-    import mmdlib.finetune
+    import mmdlib.devices
 
     sent, to = [], torch.Tensor.to
 
@@ -53,7 +39,31 @@ def fake_cuda(monkeypatch) -> list[tuple[int, ...]]:
             kwargs = {k: "cpu" if v is devices[0] else v for k, v in kwargs.items()}
         return to(self, *args, **kwargs)
 
-    monkeypatch.setattr(mmdlib.finetune, "pick_device",
+    monkeypatch.setattr(mmdlib.devices, "pick_device",
                         lambda name="auto": torch.device("cuda" if name == "auto" else name))
     monkeypatch.setattr(torch.Tensor, "to", fake_to)
     return sent
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest absolute difference relative to b's largest magnitude."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+class TinyFeatures(mmdlib.FeatureExtractor):
+    """A fixed random convolution: features that depend on nothing trained, so golden values computed with
+    them depend only on the finetuning math."""
+
+    name, dim, channels = "tiny", 16, 1
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.conv = torch.nn.Conv2d(1, 16, 3)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) / 3)
+            self.conv.bias.copy_(torch.randn(16, generator=g) / 3)
+        self.freeze()
+
+    def features(self, x):
+        return self.conv(x).relu().mean((2, 3))

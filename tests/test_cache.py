@@ -66,8 +66,7 @@ def test_every_ingredient_changes_every_key_downstream_of_it(monkeypatch):
 
     import mmdlib
     import mmdlib.cache
-    from mmdlib.evaluate import EvalConfig
-    from mmdlib.finetune import FinetuneConfig
+    from mmdlib.config import EvalConfig, FinetuneConfig
     from mmdlib.models import LoadedModel
 
     model = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
@@ -108,15 +107,16 @@ def test_a_smoke_build_and_a_real_evaluation_share_no_cache_entry(monkeypatch):
     # in the tests' shared cache, where the book's smoke build and the real classifiers already are
     import mmdlib.cache
     from mmdlib import experiments as ex
+    from mmdlib.config import FinetuneConfig
 
     used: dict[str, set] = {"smoke": set(), "real": set()}
     key = mmdlib.cache.config_key
     for mode in ("smoke", "real"):
         monkeypatch.setenv("MMDLIB_SMOKE", "1" if mode == "smoke" else "0")
         monkeypatch.setattr(mmdlib.cache, "config_key", lambda c, m=mode: used[m].add(key(c)) or key(c))
-        run = ex.finetuned(ex.config(model="digits", dataset="digits", split="test", features="digits-a",
-                                     batch_size=8, iterations=1, device="cpu"), progress=False)
-        ex.scores(run, dataset="digits", split="test", budgets=[5], spaces=["digits-a", "digits-b"], n=20, seeds=1,
+        run = ex.finetuned(FinetuneConfig(model="digits", dataset="digits", split="test", features="digits-a",
+                                          batch_size=8, iterations=1, device="cpu"), progress=False)
+        ex.scores(run, dataset="digits", split="test", budgets=[5], features=["digits-a", "digits-b"], n=20, seeds=1,
                   progress=False)
     # classifiers, base model (smoke only: the real one ships), reference features, finetune, scores
     assert len(used["smoke"]) >= 8 and len(used["real"]) >= 6

@@ -121,7 +121,7 @@ def test_demo_end_to_end_in_smoke_mode(tmp_path, monkeypatch):
 def test_evaluate_end_to_end_via_cli(tmp_path, capsys):
     from helpers import make_tiny_unet
 
-    from mmdlib.models import save_pipeline
+    from mmdlib.export import save_pipeline
 
     folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=2)
     args = ["evaluate", "--model", str(folder), "--split", "test", "--budgets", "1,2", "--features", "digits-a",
@@ -138,7 +138,7 @@ def test_evaluate_end_to_end_via_cli(tmp_path, capsys):
 
 def test_flags_not_given_come_from_the_preset_named_like_the_dataset():
     from mmdlib.cli import build_parser, config_from_args
-    from mmdlib.finetune import FinetuneConfig
+    from mmdlib.config import FinetuneConfig
     from mmdlib.presets import PRESETS
 
     cfg = lambda *args: config_from_args(build_parser().parse_args(["finetune", *args]))
@@ -150,33 +150,12 @@ def test_flags_not_given_come_from_the_preset_named_like_the_dataset():
         PRESETS["cifar10"].finetune, lr=1e-5, adam_betas=(0.5, 0.9))
 
 
-def test_each_paper_dataset_has_a_preset_following_the_papers_text():
-    from mmdlib.models import PAPER_MODELS
-    from mmdlib.presets import PRESETS
-    from mmdlib.reported import DATASET_TABLE, TABLES
+def test_dropout_and_flip_flags():
+    from mmdlib.cli import build_parser, config_from_args
 
-    for name in PAPER_MODELS:
-        ft, ev = PRESETS[name].finetune, PRESETS[name].evaluation
-        assert (ft.model, ft.dataset, ft.split, ft.features) == (name, name, "train", "inception")
-        assert (ft.batch_size, ft.lr, tuple(ft.adam_betas), ft.adam_eps, ft.kernel, ft.sampler, ft.eta) == (
-            128, 5e-6, (0.9, 0.999), 1e-8, "cubic", "ddim", 0.0)  # Sec. IV-A
-        assert ft.dropout is None and ft.flip is False  # the text says nothing of either (the code does both)
-        assert ev.spaces == ("inception", "clip") and ev.n == 50000 and ev.split == "train"
-        assert [f"|T|={b}" for b in ev.budgets] == TABLES[DATASET_TABLE[name]]["columns"]
-
-
-def test_every_setting_declares_its_group_and_only_method_settings_and_precision_make_a_run():
-    from mmdlib.finetune import OFF_SINCE_0_1, FinetuneConfig
-
-    fields = dataclasses.fields(FinetuneConfig)
-    assert {f.metadata["group"] for f in fields} == {"method", "execution", "output"}
-    identity = set(FinetuneConfig().run_identity())  # settings added since 0.1.0 count only when on
-    assert identity == {f.name for f in fields if f.metadata["group"] == "method"} - {"iterations", *OFF_SINCE_0_1} \
-        | {"precision"}
-    assert set(FinetuneConfig(dropout=0.1, flip=True).run_identity()) == identity | set(OFF_SINCE_0_1)
-    base = FinetuneConfig(out="a")
-    for f in fields:  # what an output or execution setting is set to never makes another run
-        if f.metadata["group"] != "method" and f.name != "precision":
-            other = {"out": "b", "memory_gib": 3.0, "device": "cpu", "workers": 2, "save_every": 7,
-                     "sample_every": 9, "checkpointing": "all", "compile": "off"}[f.name]
-            assert dataclasses.replace(base, **{f.name: other}).run_identity() == base.run_identity(), f.name
+    parse = lambda *a: config_from_args(build_parser().parse_args(["finetune", *a]))  # noqa: E731
+    assert parse().dropout is None and parse().flip is False
+    assert parse("--dropout", "0.1", "--flip", "yes").dropout == 0.1 and parse("--flip", "on").flip is True
+    assert parse("--dropout", "none").dropout is None
+    with pytest.raises(SystemExit):
+        parse("--flip", "maybe")

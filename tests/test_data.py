@@ -143,3 +143,14 @@ def test_church_from_lsuns_lmdb_equals_the_ddim_codes_transform(tmp_path):
     assert torch.allclose(x, want, atol=1e-6)
     with pytest.raises(mmdlib.MMDLibError, match="LSUN Church data not found.*download.py -c church_outdoor"):
         get_dataset("church", "test", root=tmp_path)  # no val lmdb, no images
+
+
+def test_dataset_images_fast_path_equals_item_by_item():
+    from mmdlib.data import TensorImages, dataset_images
+
+    ds = TensorImages(torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8))
+    slow = torch.stack([ds[i][0] for i in range(20)])
+    assert torch.equal(dataset_images(ds), slow) and slow.max() <= 1
+    picked = dataset_images(ds, n=5, seed=3)
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:5]
+    assert torch.equal(picked, slow[idx])

@@ -1,48 +1,15 @@
+"""Scoring a model: every metric in every space, mean and spread over seeds, cached real features."""
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 from helpers import make_tiny_unet
 
 import mmdlib
-from mmdlib.evaluate import EvalConfig, evaluate, fid_from_features, generate, kid_from_features, reference_features
-from mmdlib.report import space_table, table
+from mmdlib.config import EvalConfig
+from mmdlib.evaluate import evaluate, reference_features
+from mmdlib.generate import generate
 from mmdlib.models import LoadedModel
-
-
-def test_fid_matches_a_scipy_reference():
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(400, 6)), rng.normal(0.4, 1.3, size=(300, 6))
-    m1, m2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    expected = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    assert fid_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, rel=1e-6)
-
-
-def test_kid_is_the_unbiased_cubic_mmd_on_subsets():
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(50, 8, generator=g, dtype=torch.float64), torch.randn(50, 8, generator=g, dtype=torch.float64) + 1
-    kid, _ = kid_from_features(a, b, subsets=1, subset_size=50)
-    assert kid == pytest.approx(mmdlib.mmd2_unbiased(a, b, "cubic").item(), rel=1e-9)
-
-
-def test_generate_is_seeded_per_sample_and_8_bit():
-    model = make_tiny_unet(1, 8)
-    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
-    a = generate(model, 6, [0, 500], ac, (1, 8, 8), batch_size=4, seed=3)
-    b = generate(model, 6, [0, 500], ac, (1, 8, 8), batch_size=6, seed=3)
-    torch.testing.assert_close(a, b, atol=1 / 255 + 1e-6, rtol=0)
-    assert (a * 255 - (a * 255).round()).abs().max() < 1e-4 and a.min() >= 0 and a.max() <= 1
-    assert not torch.equal(a, generate(model, 6, [0, 500], ac, (1, 8, 8), seed=4))
-
-
-def test_bf16_generation_is_close_and_bad_precision_is_refused():
-    model, ac, steps = make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), mmdlib.timestep_subset(5)
-    a = generate(model, 16, steps, ac, (1, 8, 8))
-    b = generate(model, 16, steps, ac, (1, 8, 8), precision="bf16")
-    assert not torch.equal(a, b)  # autocast was on
-    assert (a - b).abs().mean() < 0.02  # a few 8-bit levels at most, on average
-    with pytest.raises(mmdlib.MMDLibError, match="unknown evaluation precision 'fp16'; known: fp32, bf16"):
-        generate(model, 4, steps, ac, (1, 8, 8), precision="fp16")
+from mmdlib.report import space_table, table
 
 
 def test_reference_features_are_cached(monkeypatch):
@@ -54,7 +21,7 @@ def test_reference_features_are_cached(monkeypatch):
 
 def test_evaluate_returns_a_plain_dict_and_a_table():
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-    res = evaluate(m, dataset="digits", split="test", budgets=(1, 2), spaces=("digits-b",), n=40, seeds=(0, 1),
+    res = evaluate(m, dataset="digits", split="test", budgets=(1, 2), features=("digits-b",), n=40, seeds=(0, 1),
                    progress=False)
     assert set(res) == {1, 2} and set(res[1]["digits-b"]) >= {"fid", "fid_std", "kid", "kid_std", "precision", "recall"}
     row = res[2]["digits-b"]
@@ -67,7 +34,7 @@ def test_evaluate_returns_a_plain_dict_and_a_table():
     assert list(s.columns) == ["KID (digits-b)"] and s.columns.name == "tiny" and list(s.index) == ["at 1", "at 2"]
     assert s.loc["at 2", "KID (digits-b)"] == f"{row['kid']:.4f} ± {row['kid_std']:.4f}"
     # the same scores from a config object, and seeds=2 means evaluation seeds 0 and 1
-    cfg = EvalConfig(dataset="digits", split="test", budgets=(1, 2), spaces=("digits-b",), n=40, seeds=2)
+    cfg = EvalConfig(dataset="digits", split="test", budgets=(1, 2), features=("digits-b",), n=40, seeds=2)
     assert evaluate(m, cfg, progress=False) == res
 
 
@@ -86,8 +53,8 @@ def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path,
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                       feature_extractor_weights_path=str(tmp_path / "w.pth"))
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-    res = evaluate(m, dataset="digits", split="test", budgets=(1,), spaces=("inception",), n=20, seeds=1,
-                   weights_path=tmp_path / "w.pth", progress=False)[1]["inception"]
+    res = evaluate(m, dataset="digits", split="test", budgets=(1,), features=("inception",), n=20, seeds=1,
+                   inception_weights=tmp_path / "w.pth", progress=False)[1]["inception"]
     assert set(res) >= {"fid", "kid", "precision", "recall", "is"} and all(np.isfinite(res[k]) for k in res if
                                                                            k != "fid_per_seed")
     # the Inception Score from our float path equals torch-fidelity's own uint8 path
@@ -96,29 +63,17 @@ def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path,
     assert res["is"] == pytest.approx(isc_features_to_metric(logits)["inception_score_mean"], rel=1e-4)
 
 
-def test_dataset_images_fast_path_equals_item_by_item():
-    from mmdlib.data import TensorImages
-    from mmdlib.evaluate import dataset_images
-
-    ds = TensorImages(torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8))
-    slow = torch.stack([ds[i][0] for i in range(20)])
-    assert torch.equal(dataset_images(ds), slow) and slow.max() <= 1
-    picked = dataset_images(ds, n=5, seed=3)
-    idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:5]
-    assert torch.equal(picked, slow[idx])
-
-
 def test_evaluation_settings_are_checked_before_any_work(monkeypatch):
     monkeypatch.setattr("mmdlib.evaluate.reference_features", lambda *a, **k: pytest.fail("work before the check"))
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
     for bad, msg in (({"n": 1}, "n must be >= 2"), ({"seeds": 0}, "seeds must be >= 1"),
-                     ({"spaces": ("vgg",)}, "unknown feature space 'vgg'"), ({"sampler": "euler"}, "unknown sampler"),
+                     ({"features": ("vgg",)}, "unknown feature space 'vgg'"), ({"sampler": "euler"}, "unknown sampler"),
                      ({"sampler": "ddpm", "eta": 0.3}, "applies to the ddim sampler only"),
                      ({"budgets": (5, 0)}, "budgets must be sampling step counts >= 1, got \[5, 0\]"),
                      ({"budgets": (5, 1001)}, "budget must be an integer in 1..T=1000, got 1001"),
                      ({"precision": "fp16"}, "unknown evaluation precision 'fp16'")):
         with pytest.raises(mmdlib.MMDLibError, match=msg):
-            evaluate(m, **{"dataset": "digits", "split": "test", "spaces": ("digits-b",), **bad}, progress=False)
+            evaluate(m, **{"dataset": "digits", "split": "test", "features": ("digits-b",), **bad}, progress=False)
 
 
 def test_reference_features_are_keyed_by_the_extractors_weights(monkeypatch):

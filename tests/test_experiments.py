@@ -11,9 +11,11 @@ import mmdlib
 from mmdlib import analysis
 from mmdlib import experiments as ex
 from mmdlib import toy
+from mmdlib.config import FinetuneConfig
 from mmdlib.evaluate import evaluate
+from mmdlib.export import save_pipeline
 from mmdlib.finetune import Finetuner
-from mmdlib.models import load_model, save_pipeline
+from mmdlib.models import load_model
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def tiny_folder(tmp_path):
 def tiny_cfg(folder, **kw):
     base = dict(model=folder, dataset="digits", split="test", features="digits-a", budget=2, batch_size=8,
                 lr=1e-3, iterations=3, device="cpu")
-    return ex.config(**{**base, **kw})
+    return FinetuneConfig(**{**base, **kw})
 
 
 def direct_weights(cfg, out):
@@ -39,7 +41,8 @@ def test_a_cached_finetune_equals_a_direct_one_and_is_not_rerun(tiny_folder, tmp
     cfg = tiny_cfg(tiny_folder)
     run = ex.finetuned(cfg, progress=False)
     assert list(run.log()["iteration"]) == [1, 2, 3]
-    assert (run.folder / "finetuned" / "mmdlib.json").is_file() and not ex.run_folder(cfg).exists()
+    work = ex._work_folder(ex._resolve(cfg)[3])  # where it ran: moved into the cache once done
+    assert (run.folder / "finetuned" / "mmdlib.json").is_file() and not work.exists()
     want = direct_weights(cfg, tmp_path / "direct")
     assert all(torch.equal(v, want[k]) for k, v in run.model.unet.state_dict().items())
 
@@ -52,7 +55,8 @@ def test_an_interrupted_finetune_resumes_to_the_same_weights(tiny_folder, tmp_pa
     cfg = tiny_cfg(tiny_folder, iterations=4)
     # a run that stopped after 2 of 4 iterations, left in its run folder
     Finetuner(load_model(tiny_folder), mmdlib.digits_dataset("test"),
-              dataclasses.replace(cfg, iterations=2, out=str(ex.run_folder(cfg))), progress=False).run()
+              dataclasses.replace(cfg, iterations=2, out=str(ex._work_folder(ex._resolve(cfg)[3]))),
+              progress=False).run()
     run = ex.finetuned(cfg, progress=False)
     assert list(run.log()["iteration"]) == [1, 2, 3, 4]
     want = direct_weights(cfg, tmp_path / "direct")
@@ -61,7 +65,7 @@ def test_an_interrupted_finetune_resumes_to_the_same_weights(tiny_folder, tmp_pa
 
 def test_cached_scores_equal_evaluate_and_are_not_recomputed(tiny_folder, monkeypatch):
     run = ex.base(tiny_folder)
-    kw = dict(dataset="digits", split="test", spaces=["digits-b"], n=40)
+    kw = dict(dataset="digits", split="test", features=["digits-b"], n=40)
     got = ex.scores(run, budgets=[1, 2], seeds=2, progress=False, **kw)
     assert got == evaluate(run.model, budgets=[1, 2], seeds=[0, 1], progress=False, **kw)
     import mmdlib.evaluate
@@ -119,31 +123,6 @@ def test_digit_logits_from_features_equal_the_classifier():
         torch.testing.assert_close(fx.logits(fx(x)), fx.net(x), atol=1e-4, rtol=1e-4)
 
 
-def test_reported_tables_are_well_formed_and_hold_the_papers_numbers():
-    from mmdlib.reported import TABLES, reported_table
-
-    for t in TABLES.values():
-        assert all(len(v) == len(t["columns"]) for v in t["rows"].values())
-    t1 = reported_table(1)
-    assert t1.loc["DDIM", "|T|=5"] == 32.7 and t1.loc["DDIM + MMD-DDM (Inception-V3)", "|T|=5"] == 5.48
-    assert np.isnan(t1.loc["FastDPM", "|T|=5"]) and "as reported in the paper" in t1.attrs["caption"]
-    assert reported_table(9).loc["DDPM + MMD-DDM", "|T|=20"] == 4.48
-
-
-def test_figures():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from mmdlib.plots import metric_vs_steps, show_grids, show_rows
-
-    x = torch.rand(16, 1, 8, 8)
-    assert len(show_grids({"a": x, "b": torch.rand(16, 3, 8, 8)}).axes) == 2
-    assert len(show_rows({"r0": x[:5], "r1": x[:3]}).axes) == 10
-    res = {"m": {5: {"s": {"fid": 3.0}}, 10: {"s": {"fid": 2.0}}}}
-    ax = metric_vs_steps(res, "s")
-    assert list(ax.lines[0].get_ydata()) == [3.0, 2.0]
-
-
 def test_the_smoke_switch_shrinks_the_embedded_default(monkeypatch):
     from mmdlib.pretrain import SMOKE_CONFIG, DigitsModelConfig, default_config
 
@@ -154,7 +133,8 @@ def test_the_smoke_switch_shrinks_the_embedded_default(monkeypatch):
 
 
 def test_the_data_floor_splits_the_real_images_in_halves_and_samples_once_per_draw(tiny_folder, monkeypatch):
-    from mmdlib.evaluate import fid_from_features, generate
+    from mmdlib.generate import generate
+    from mmdlib.metrics import fid_from_features
 
     run, calls = ex.base(tiny_folder), []
     monkeypatch.setattr(ex, "generate", lambda *a, **k: calls.append(k["seed"]) or generate(*a, **k))

@@ -1,3 +1,5 @@
+"""The finetuning loop (mmdlib.finetune): it lowers the MMD, resumes to the same weights, stops on a blow-up
+with the last good checkpoint, and follows a golden trajectory."""
 import csv
 import json
 import math
@@ -5,19 +7,12 @@ import math
 import pytest
 import torch
 from diffusers import DDIMPipeline
-from helpers import make_tiny_unet
+from helpers import TinyFeatures, tiny_model
 
 import mmdlib
-from mmdlib.finetune import FinetuneConfig, Finetuner, finetune
-from mmdlib.models import LoadedModel
-from mmdlib.loss import mmd_ddm_loss
+from mmdlib.config import FinetuneConfig
+from mmdlib.finetune import Finetuner, finetune
 from mmdlib.real_features import PrecomputedReal, StreamedReal
-from mmdlib.runfolder import RunFolder
-
-
-def tiny_model(seed: int = 0) -> LoadedModel:
-    return LoadedModel(make_tiny_unet(channels=1, size=8, seed=seed), mmdlib.alphas_cumprod(mmdlib.linear_betas()),
-                       "tiny")
 
 
 def cfg(tmp_path, **kw) -> FinetuneConfig:
@@ -37,7 +32,8 @@ def test_finetuning_lowers_the_mmd_it_optimises(tmp_path):
 
     def held_out_mmd():
         with torch.no_grad():
-            x = mmdlib.to_unit(ft.sample(list(range(5000, 5256))))
+            x = mmdlib.to_unit(mmdlib.sample_seeded(ft.net, range(5000, 5256), (1, 8, 8), ft.timesteps,
+                                                    ft.model.alphas_cumprod))
             return mmdlib.mmd2_unbiased(ft.extractor(x), ft.real.features, "cubic").item()
 
     before = held_out_mmd()
@@ -108,17 +104,6 @@ def test_dropout_and_flips_as_the_official_code_finetunes(tmp_path):
         FinetuneConfig(dropout=1.5).check()
 
 
-def test_dropout_and_flip_flags():
-    from mmdlib.cli import build_parser, config_from_args
-
-    parse = lambda *a: config_from_args(build_parser().parse_args(["finetune", *a]))  # noqa: E731
-    assert parse().dropout is None and parse().flip is False
-    assert parse("--dropout", "0.1", "--flip", "yes").dropout == 0.1 and parse("--flip", "on").flip is True
-    assert parse("--dropout", "none").dropout is None
-    with pytest.raises(SystemExit):
-        parse("--flip", "maybe")
-
-
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     ds = mmdlib.digits_dataset("train")
     ft = Finetuner(tiny_model(), ds, cfg(tmp_path, save_every=1), progress=False)
@@ -185,25 +170,6 @@ def test_real_features_computed_per_batch_for_large_datasets(tmp_path, monkeypat
     assert [float(x) for x in la] == pytest.approx([float(x) for x in lb], rel=1e-5)
 
 
-class TinyFeatures(mmdlib.FeatureExtractor):
-    """A fixed random convolution: features that depend on nothing trained, so the golden values below
-    depend only on the finetuning math."""
-
-    name, dim, channels = "tiny", 16, 1
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.conv = torch.nn.Conv2d(1, 16, 3)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) / 3)
-            self.conv.bias.copy_(torch.randn(16, generator=g) / 3)
-        self.freeze()
-
-    def features(self, x):
-        return self.conv(x).relu().mean((2, 3))
-
-
 # Computed by the finetuning code before its split into loss.py, runfolder.py and real_features.py (3
 # iterations, 3 steps, batch 8): a change that alters the loss, the sampler's noise, the real batches,
 # clipping or Adam moves these numbers. The last number is the loss that the final weights (bitwise the
@@ -228,25 +194,6 @@ def test_golden_finetune_trajectory(tmp_path, kw, losses, grad_norms, final):
         assert ft.loss(3).item() == pytest.approx(final, rel=1e-4)
 
 
-def test_the_loss_is_eq_7_on_the_chains_output_and_differentiable():
-    model, fx, seeds = tiny_model(), TinyFeatures(), list(range(10, 16))
-    steps = mmdlib.timestep_subset(3)
-    real = fx(mmdlib.digits_dataset("train").images[:5])
-    loss = mmd_ddm_loss(model.unet, fx, real, seeds, shape=(1, 8, 8), timesteps=steps,
-                        alphas_cumprod=model.alphas_cumprod, kernel="cubic")
-    loss.backward()
-    assert all(p.grad is not None for p in model.unet.parameters()) and model.unet.conv_in.weight.grad.abs().sum() > 0
-    with torch.no_grad():  # independently: x_T from mmdlib.noise, the DDIM chain, and eq. 7 by brute force
-        x = mmdlib.ddim_sample(model.unet, mmdlib.noise(seeds, (1, 8, 8)), steps, model.alphas_cumprod)
-        X, Y = fx(((x + 1) / 2).clamp(0, 1)).double().numpy(), real.double().numpy()
-    k = lambda a, b: (a @ b / a.size + 1) ** 3
-    m, n = len(X), len(Y)
-    xx = sum(k(X[i], X[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-    yy = sum(k(Y[i], Y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-    xy = sum(k(X[i], Y[j]) for i in range(m) for j in range(n)) / (m * n)
-    assert loss.item() == pytest.approx(xx + yy - 2 * xy, rel=1e-5)
-
-
 def test_the_finetuner_trains_its_own_copy(tmp_path):
     model = tiny_model()
     before = weights(model.unet)
@@ -255,28 +202,6 @@ def test_the_finetuner_trains_its_own_copy(tmp_path):
     ft.run()
     assert all(torch.equal(v, before[k]) for k, v in model.unet.state_dict().items())
     assert not torch.equal(ft.model.unet.conv_in.weight, before["conv_in.weight"]) and ft.model.unet is ft.unet
-
-
-def test_streamed_and_precomputed_real_features_agree_in_any_order(monkeypatch):
-    ds, fx = mmdlib.digits_dataset("train"), TinyFeatures()
-    pre = mmdlib.real_features.PrecomputedReal(ds, fx, batch=16, seed=3, device="cpu")
-    streamed = StreamedReal(ds, fx, batch=16, seed=3, device="cpu", end=4)
-    for it in (0, 1, 2, 7, 3, 4, 5, 0):  # in order, a jump, back, past `end`
-        torch.testing.assert_close(streamed(it), pre(it))
-
-
-def test_the_run_folder_records_its_iteration_and_loads_only_plain_data(tmp_path, monkeypatch):
-    folder = RunFolder(tmp_path / "run")
-    folder.start({"identity": {"lr": 1.0}, "iterations": 4}, 0, overwrite=False)
-    folder.save({"unet": {"w": torch.ones(2)}, "optimizer": {}}, 3)
-    folder.log({"iteration": 3, "loss": "0.5", "grad_norm": "1", "seconds": "0.1"})
-    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the iteration should not need the checkpoint"))
-    assert folder.saved_iteration() == 3
-    monkeypatch.undo()
-    assert folder.load("cpu")["iteration"] == 3 and folder.check({"lr": 1.0}, resume=True, overwrite=False)
-    torch.save({"unet": {}, "iteration": 1, "hook": TinyFeatures}, folder.checkpoint)  # not plain data
-    with pytest.raises(mmdlib.MMDLibError, match="holds more than tensors and plain data, so it was not loaded"):
-        folder.load("cpu")
 
 
 def test_a_non_finite_gradient_norm_stops_without_stepping(tmp_path, monkeypatch):

@@ -272,7 +272,8 @@ def test_folder_datasets_need_a_root_name_a_damaged_image_and_keep_grayscale(tmp
 
 def test_finetune_takes_inception_weights_only_with_inception_features(tmp_path, tiny, capsys):
     assert finetune(tmp_path / "run", "--inception-weights", str(tmp_path / "w.pth")) == 2
-    assert "--inception-weights is for --features inception" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--inception-weights is for the Inception spaces (inception, inception-spatial)" in err
     assert main(["finetune", "--features", "inception", "--inception-weights", str(tmp_path / "w.pth"),
                  "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
     assert f"weights_path {str(tmp_path / 'w.pth')!r} is not a file" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import torch
 from helpers import make_tiny_unet
 
 import mmdlib
-from mmdlib.models import save_pipeline
+from mmdlib.export import save_pipeline
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
@@ -128,7 +128,8 @@ def test_notebook_launcher_gives_the_single_process_losses(tmp_path):
         import mmdlib
         from accelerate import notebook_launcher
         from helpers import make_tiny_unet
-        from mmdlib.finetune import FinetuneConfig, finetune
+        from mmdlib.config import FinetuneConfig
+        from mmdlib.finetune import finetune
         from mmdlib.models import LoadedModel
 
         def run(out):

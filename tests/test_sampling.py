@@ -7,8 +7,12 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from helpers import make_tiny_unet
 
 import mmdlib
+from mmdlib.schedules import TIMESTEP_SPACINGS
 
 T = 1000
+# every registered sampler, and DDIM with eta > 0 (its stochastic form): the conformance tests run over these
+CONFORMANCE = [(name, {}) for name in mmdlib.SAMPLERS] + [("ddim", {"eta": 0.7})]
+IDS = [name + ("-eta" if kw else "") for name, kw in CONFORMANCE]
 
 
 def ddim_scheduler() -> DDIMScheduler:
@@ -93,21 +97,6 @@ def _grads(model, sampler, checkpoint, **kw):
     return out.detach(), x_T.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("sampler,kw", [(mmdlib.ddim_sample, {}), (mmdlib.ddim_sample, {"eta": 1.0}),
-                                        (mmdlib.ddpm_sample, {}), (mmdlib.dpmpp_2m_sample, {}),
-                                        (mmdlib.unipc_sample, {})])
-@pytest.mark.parametrize("checkpoint", [True, 1, 3])  # every step, or the first k (from x_T) of the 4
-def test_checkpoint_gives_same_gradients(tiny_unet, sampler, kw, checkpoint):
-    out0, gx0, gp0 = _grads(tiny_unet, sampler, False, **kw)
-    out1, gx1, gp1 = _grads(tiny_unet, sampler, checkpoint, **kw)
-    torch.testing.assert_close(out1, out0)
-    torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-6)
-    assert gx0.abs().sum() > 0 and len(gp0) == len(list(tiny_unet.parameters()))
-    for n in gp0:
-        torch.testing.assert_close(gp1[n], gp0[n], rtol=1e-5, atol=1e-6, msg=n)
-    assert sum(g.abs().sum() for g in gp0.values()) > 0
-
-
 def test_checkpoint_recomputes_exactly_the_first_k_steps(tiny_unet, monkeypatch):
     import mmdlib.sampling as sampling
 
@@ -120,35 +109,12 @@ def test_checkpoint_recomputes_exactly_the_first_k_steps(tiny_unet, monkeypatch)
         _grads(tiny_unet, mmdlib.ddim_sample, -1)
 
 
-@pytest.mark.parametrize("sampler,kw", [(mmdlib.ddim_sample, {"eta": 0.5}), (mmdlib.ddpm_sample, {})])
-def test_same_samples_whatever_the_batch_split(tiny_unet, sampler, kw):
-    ac, steps, seeds = mmdlib.alphas_cumprod(mmdlib.linear_betas()), mmdlib.timestep_subset(5), list(range(100, 108))
-    with torch.no_grad():
-        whole = sampler(tiny_unet, mmdlib.noise(seeds, (3, 8, 8)), steps, ac, generator=mmdlib.generators(seeds), **kw)
-        parts = [sampler(tiny_unet, mmdlib.noise(s, (3, 8, 8)), steps, ac, generator=mmdlib.generators(s), **kw)
-                 for s in (seeds[:4], seeds[4:])]
-    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(whole[0], whole[1])
-
-
 def test_any_callable_model_and_learned_variance_output():
     ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
     x_T = mmdlib.noise([0, 1], (3, 4, 4))
     plain = mmdlib.ddim_sample(lambda x, t: 0.5 * x, x_T, [0, 500], ac)
     two_c = mmdlib.ddim_sample(lambda x, t: torch.cat([0.5 * x, 100 + x], 1), x_T, [0, 500], ac)
     torch.testing.assert_close(plain, two_c)
-
-
-@pytest.mark.parametrize("timesteps,msg", [([0, 400, 200], "strictly ascending, got \\[0, 400, 200\\]"),
-                                           ([0, 0, 5], "strictly ascending"),
-                                           ([0, 500, 1000], "must lie in 0..999 .* got \\[0, 500, 1000\\]"),
-                                           ([-1, 5], "must lie in 0..999"),
-                                           ([], "timesteps is empty")])
-def test_bad_timesteps(timesteps, msg):
-    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
-    for sampler in mmdlib.SAMPLERS.values():
-        with pytest.raises(mmdlib.MMDLibError, match=msg):
-            sampler(lambda x, t: x, torch.randn(2, 1, 2, 2), timesteps, ac)
 
 
 def test_bad_noise_generators_eta_variance():
@@ -217,9 +183,74 @@ def test_the_solvers_are_not_ddim_and_not_each_other():
         assert ((out[a] - out[b]).norm() / out[a].norm()).item() > 1e-3, (a, b)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
-def test_solver_gradients_pass_gradcheck_in_float64(name):
-    unet, ac = make_tiny_unet(1, 4).double(), mmdlib.alphas_cumprod(mmdlib.linear_betas())
-    x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
-    steps = mmdlib.timestep_subset(3, spacing="trailing")
-    assert torch.autograd.gradcheck(lambda x: SOLVERS[name][0](unet, x, steps, ac), (x_T,), eps=1e-6, atol=1e-6)
+@pytest.mark.parametrize("name,options", CONFORMANCE, ids=IDS)
+class TestEverySampler:
+    """What every sampler in the registry must do (the model: diffusers' SchedulerCommonTest)."""
+
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
+
+    def run(self, name, options, model, seeds, timesteps, **kw):
+        return mmdlib.get_sampler(name)(model, mmdlib.noise(seeds, (3, 8, 8), **kw), timesteps, self.ac,
+                                        generator=mmdlib.generators(seeds), **options)
+
+    def test_its_record_is_whole(self, name, options):
+        s = mmdlib.get_sampler(name)
+        assert s is mmdlib.SAMPLERS[name] and s.name == name and s.title and callable(s.sample)
+        assert s.spacing in TIMESTEP_SPACINGS and s.spacing in s.spacings  # its own spacing can be exported
+        assert s.options(options.get("eta", 0.0)) == ({"eta": options.get("eta", 0.0)} if s.eta else {})
+        assert s.carried_tensors(options.get("eta")) == s.carried + s.stochastic(options.get("eta"))
+
+    def test_one_step_returns_the_models_data_prediction(self, name, options, tiny_unet):
+        x_T = mmdlib.noise([1, 2], (3, 8, 8))
+        a = self.ac[600].float()
+        with torch.no_grad():
+            got = mmdlib.get_sampler(name)(tiny_unet, x_T, [600], self.ac, generator=mmdlib.generators([1, 2]),
+                                           **options)
+            want = (x_T - (1 - a).sqrt() * tiny_unet(x_T, torch.tensor([600, 600])).sample) / a.sqrt()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    def test_the_same_samples_whatever_the_batch_split(self, name, options, tiny_unet):
+        steps, seeds = mmdlib.timestep_subset(5), list(range(100, 108))
+        with torch.no_grad():
+            whole = self.run(name, options, tiny_unet, seeds, steps)
+            parts = [self.run(name, options, tiny_unet, s, steps) for s in (seeds[:4], seeds[4:])]
+        torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-5, atol=1e-5)
+
+    def test_the_generator_matters_only_to_a_stochastic_chain(self, name, options, tiny_unet):
+        steps, x_T = mmdlib.timestep_subset(4), mmdlib.noise([3], (3, 8, 8))
+        with torch.no_grad():
+            a, b = (mmdlib.get_sampler(name)(tiny_unet, x_T, steps, self.ac, generator=mmdlib.generators([s]),
+                                             **options) for s in (5, 6))
+        assert torch.equal(a, b) != mmdlib.get_sampler(name).stochastic(options.get("eta"))
+
+    @pytest.mark.parametrize("checkpoint", [True, 1, 3])  # every step, or the first k (from x_T) of the 4
+    def test_checkpointing_gives_the_same_output_and_gradients(self, name, options, tiny_unet, checkpoint):
+        out0, gx0, gp0 = _grads(tiny_unet, mmdlib.get_sampler(name), False, **options)
+        out1, gx1, gp1 = _grads(tiny_unet, mmdlib.get_sampler(name), checkpoint, **options)
+        torch.testing.assert_close(out1, out0)
+        torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-6)
+        assert gx0.abs().sum() > 0 and len(gp0) == len(list(tiny_unet.parameters()))
+        for n in gp0:
+            torch.testing.assert_close(gp1[n], gp0[n], rtol=1e-5, atol=1e-6, msg=n)
+        assert sum(g.abs().sum() for g in gp0.values()) > 0
+
+    def test_gradients_pass_gradcheck_in_float64(self, name, options):
+        unet = make_tiny_unet(1, 4).double()
+        x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+                          requires_grad=True)
+        steps = mmdlib.timestep_subset(3, spacing="trailing")
+        sample = mmdlib.get_sampler(name)
+
+        def chain(x):
+            return sample(unet, x, steps, self.ac, generator=mmdlib.generators([4]), **options)
+
+        assert torch.autograd.gradcheck(chain, (x_T,), eps=1e-6, atol=1e-6)
+
+    @pytest.mark.parametrize("timesteps,msg", [([0, 400, 200], "strictly ascending, got \\[0, 400, 200\\]"),
+                                               ([0, 0, 5], "strictly ascending"),
+                                               ([0, 500, 1000], "must lie in 0..999 .* got \\[0, 500, 1000\\]"),
+                                               ([-1, 5], "must lie in 0..999"), ([], "timesteps is empty")])
+    def test_bad_timesteps_are_refused(self, name, options, timesteps, msg):
+        with pytest.raises(mmdlib.MMDLibError, match=msg):
+            mmdlib.get_sampler(name)(lambda x, t: x, torch.randn(2, 1, 2, 2), timesteps, self.ac, **options)
+

@@ -10,9 +10,12 @@ import torch
 from helpers import make_tiny_unet
 
 import mmdlib
-from mmdlib.evaluate import EvalConfig, evaluate
-from mmdlib.finetune import FinetuneConfig, Finetuner, _noise_seeds
-from mmdlib.models import load_model, save_pipeline
+from mmdlib.config import EvalConfig, FinetuneConfig
+from mmdlib.devices import Processes
+from mmdlib.evaluate import evaluate
+from mmdlib.export import save_pipeline
+from mmdlib.finetune import Finetuner, train_seeds
+from mmdlib.models import load_model
 from mmdlib.presets import PRESETS
 from mmdlib.streams import MAX_INDEX, MAX_SEED, PURPOSES, stream_seed
 
@@ -40,8 +43,8 @@ def _ranges_in_use() -> dict[tuple[str, int], range]:
                           + [v for p in params for k, v in p.items() if "iterations" in k and isinstance(v, int)])
     batch = max([FinetuneConfig().batch_size] + [p.finetune.batch_size for p in PRESETS.values()])
     evals = [EvalConfig()] + [p.evaluation for p in PRESETS.values()]
-    seeds = max([len(e.seeds) for e in evals] + [p.get("seeds", 1) for p in params])
-    n = max([e.n for e in evals] + [p.get("n_samples", 0) for p in params])
+    seeds = max([len(e.seeds) for e in evals] + [p.get("seeds") or 1 for p in params])  # None: the preset's
+    n = max([e.n for e in evals] + [p.get("n_samples") or 0 for p in params])
     used = {("train", 0): range(most_iterations * batch), ("real-batch", 0): range(most_iterations),
             ("grid", 0): range(64), ("interpolation", 0): range(8), ("toy", 0): range(4),
             ("memory-plan", 0): range(batch)}
@@ -63,9 +66,14 @@ def test_streams_are_disjoint_over_every_range_in_use():
 
 def test_training_seeds_are_per_sample_whatever_the_process_count():
     cfg = FinetuneConfig(batch_size=8)
-    whole = _noise_seeds(cfg, 3)
+    whole = train_seeds(cfg, 3, Processes())
     assert whole == mmdlib.stream_seeds("train", 0, range(24, 32))
-    assert _noise_seeds(cfg, 3, (0, 2)) + _noise_seeds(cfg, 3, (1, 2)) == whole
+    shares = []
+    for rank in (0, 1):
+        procs = Processes()
+        procs.rank, procs.world = rank, 2
+        shares += train_seeds(cfg, 3, procs)
+    assert shares == whole
 
 
 @pytest.mark.parametrize("call,msg", [
@@ -121,7 +129,7 @@ def test_evaluating_a_finetuned_model_never_feeds_it_a_latent_it_was_trained_on(
     ft.run()
     trained = torch.cat(trained)
     _record_first_inputs(ft.model.unet, steps[-1], scored)
-    evaluate(ft.model, EvalConfig(dataset="digits", split="test", budgets=(2,), spaces=("digits-a",), n=50, seeds=2),
+    evaluate(ft.model, EvalConfig(dataset="digits", split="test", budgets=(2,), features=("digits-a",), n=50, seeds=2),
              progress=False)
     scored = torch.cat(scored)
     # the recorder saw what it should: a grid, the 12 training batches (the run's "train" draws), a grid; then
