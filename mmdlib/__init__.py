@@ -13,14 +13,15 @@ from .export import save_pipeline
 from .models import MODELS, LoadedModel, load_model
 from .sampling import (SAMPLERS, ddim_sample, ddpm_sample, dpmpp_2m_sample, generators, get_sampler, noise,
                        predict_eps, randn, sample_seeded, slerp, to_unit, unipc_sample)
-from .schedules import TIMESTEP_SPACINGS, alphas_cumprod, linear_betas, timestep_subset
+from .schedules import TIMESTEP_SPACINGS, alpha_bar, alphas_cumprod, linear_betas, timestep_subset
 from .streams import PURPOSES, stream_seeds
+from .timesteps import LearnedTimesteps
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DATASETS", "FEATURES", "FeatureExtractor", "KERNELS", "LoadedModel", "MMDLibError", "MODELS", "PURPOSES",
-    "SAMPLERS", "TIMESTEP_SPACINGS", "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample",
+    "DATASETS", "FEATURES", "FeatureExtractor", "KERNELS", "LearnedTimesteps", "LoadedModel", "MMDLibError", "MODELS",
+    "PURPOSES", "SAMPLERS", "TIMESTEP_SPACINGS", "alpha_bar", "alphas_cumprod", "cubic_kernel", "ddim_sample", "ddpm_sample",
     "digits_dataset", "dpmpp_2m_sample", "generators", "get_dataset", "get_feature_extractor", "get_kernel",
     "get_sampler", "linear_betas", "linear_kernel", "load_model", "mmd2_unbiased", "noise", "predict_eps", "randn",
     "rbf_kernel", "sample_seeded", "save_pipeline", "slerp", "smoke_test", "stream_seeds", "timestep_subset",

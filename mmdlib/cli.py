@@ -35,6 +35,10 @@ HELP = {
     "dropout": "dropout through the chain while finetuning: none (the network in eval mode) or p (train mode, every "
                "dropout layer at p; the official code uses the model's training dropout, 0.1 for CIFAR-10 and CelebA)",
     "flip": "mirror the real images at random, yes or no (the official code does)",
+    "learn_timesteps": "learn where the chain steps, with the same loss (from the spacing in force; the budget's "
+                       "timesteps become real numbers, exported with the pipeline): yes or no",
+    "timestep_lr": "Adam learning rate for the learnt timesteps' logits",
+    "freeze_weights": "keep the network's weights and learn the timesteps alone (with --learn-timesteps): yes or no",
     "grad_clip": "maximum gradient norm",
     "checkpointing": "recompute sampler steps in the backward pass (less memory, same gradients): auto (the fewest "
                      "steps that fit in --memory-gib), all or none",
@@ -114,6 +118,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                                else f" (the paper: {default}; digits preset: {mine})")
         group = groups[f.metadata["group"]]
         kw = (dict(type=float, nargs=len(default)) if isinstance(default, tuple) else dict(type=PARSERS[str(f.type)]))
+        if f.type == "bool":  # a bare --flag says yes
+            kw |= dict(nargs="?", const=True)
         group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text, **kw)
         if f.name in RENAMED:
             add_renamed(group, flag, *RENAMED[f.name], dest=f.name, default=argparse.SUPPRESS, **kw)

@@ -18,6 +18,7 @@ from .speed import COMPILE, PRECISIONS
 from .streams import MAX_INDEX, stream_seed, stream_seeds
 
 CHECKPOINTING = ("auto", "all", "none")  # gradient checkpointing: which sampler steps backward recomputes
+TIMESTEP_LR = 0.05  # Adam's lr for learnt timesteps' logits (benchmarks/RESULTS.md: the sweep that chose it)
 EVAL_PRECISIONS = ("fp32", "bf16")
 
 
@@ -29,8 +30,9 @@ def _setting(default, group: str, identity: bool | None = None):
     return dataclasses.field(default=default, metadata={"group": group, "identity": identity})
 
 
-# settings added after 0.1.0, left out of a run's identity while off, so runs from before keep theirs
-OFF_SINCE_0_1 = {"dropout": None, "flip": False}
+# settings added after 0.1.0, left out of a run's identity while off, so runs from before keep theirs (and
+# timestep_lr while the timesteps are not learnt)
+OFF_SINCE_0_1 = {"dropout": None, "flip": False, "learn_timesteps": False, "freeze_weights": False}
 
 
 def _known(field: str, value, known, what: str = "") -> None:
@@ -65,6 +67,10 @@ class FinetuneConfig:
     # official code finetunes in train mode at the model's training dropout: 0.1 for CIFAR-10 and CelebA)
     dropout: float | None = _setting(None, "method")
     flip: bool = _setting(False, "method")  # real images mirrored at random (the official code does)
+    # learn where the chain steps (timesteps.LearnedTimesteps, from the spacing in force) with the same loss
+    learn_timesteps: bool = _setting(False, "method")
+    timestep_lr: float = _setting(TIMESTEP_LR, "method")  # Adam's learning rate for the timesteps' logits
+    freeze_weights: bool = _setting(False, "method")  # learn the timesteps alone (the LD3/GITS family, on the MMD)
     seed: int = _setting(0, "method")
     # execution: the same math however it runs, except numeric precision, which changes the numbers
     checkpointing: str = _setting("auto", "execution")  # recompute sampler steps in backward: "auto", "all", "none"
@@ -109,6 +115,11 @@ class FinetuneConfig:
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise MMDLibError(f"dropout must be None (eval mode, no dropout) or a probability in [0, 1), got "
                               f"{self.dropout}.")
+        if not 0 < self.timestep_lr < math.inf:
+            raise MMDLibError(f"timestep_lr must be a finite number > 0, got {self.timestep_lr}.")
+        if self.freeze_weights and not self.learn_timesteps:
+            raise MMDLibError("freeze_weights leaves nothing to learn unless learn_timesteps is on: pass "
+                              "--learn-timesteps too (the timesteps alone), or drop --freeze-weights.")
         stream_seed("train", self.seed, 0)  # the seed is in range
         if self.iterations * self.batch_size > MAX_INDEX + 1:
             raise MMDLibError(f"iterations x batch size = {self.iterations * self.batch_size:,} generated samples; a "
@@ -128,6 +139,8 @@ class FinetuneConfig:
         for name, off in OFF_SINCE_0_1.items():
             if d[name] == off:
                 del d[name]
+        if not self.learn_timesteps:
+            del d["timestep_lr"]
         return d
 
 
@@ -148,6 +161,7 @@ class EvalConfig:
     eta: float = 0.0
     timestep_spacing: str = "auto"  # which |tau| timesteps a budget visits: the sampler's own, or TIMESTEP_SPACINGS
     precision: str = "fp32"  # numeric; "bf16": sample and embed under bf16 autocast (faster on GPUs, not exact)
+    timesteps: tuple[float, ...] | None = None  # explicit (e.g. learnt) timesteps, for the one budget they make
 
     def __post_init__(self):
         if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
@@ -156,6 +170,8 @@ class EvalConfig:
             self.seeds = tuple(range(self.seeds))
         self.seeds, self.budgets = tuple(int(s) for s in self.seeds), tuple(int(b) for b in self.budgets)
         self.features = (self.features,) if isinstance(self.features, str) else tuple(self.features)
+        if self.timesteps is not None:
+            self.timesteps = tuple(float(t) if not float(t).is_integer() else int(t) for t in self.timesteps)
 
     @property
     def spacing(self) -> str:
@@ -175,6 +191,9 @@ class EvalConfig:
         _known("evaluation precision", self.precision, EVAL_PRECISIONS)
         get_sampler(self.sampler).options(self.eta)
         resolve_spacing(self.sampler, self.timestep_spacing)  # a known spacing
+        if self.timesteps is not None and self.budgets != (len(self.timesteps),):
+            raise MMDLibError(f"explicit timesteps make one budget, {len(self.timesteps)}; budgets are "
+                              f"{list(self.budgets)}.")
         for seed in self.seeds:
             stream_seeds("eval", seed, [0, self.n - 1])
         return self

@@ -26,7 +26,7 @@ from .generate import generate
 from .metrics import METRICS, embed, mean_std, score_features
 from .models import LoadedModel
 from .sampling import get_sampler
-from .schedules import timestep_subset
+from .schedules import as_timesteps, timestep_subset
 
 
 def reference_key(dataset_name: str, split: str, extractor: FeatureExtractor, n: int | None = None,
@@ -102,7 +102,8 @@ def evaluate(model: LoadedModel, config: EvalConfig | None = None, *, inception_
     cfg = dataclasses.replace(config or EvalConfig(), **settings).check()
     data_kw = data_options(cfg.dataset, cfg.data_root, download, model.sample_shape[0])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    steps = {b: timestep_subset(b, model.T, cfg.spacing) for b in cfg.budgets}  # refuses a bad budget first
+    steps = {b: timestep_subset(b, model.T, cfg.spacing) if cfg.timesteps is None else list(cfg.timesteps)
+             for b in cfg.budgets}  # refuses a bad budget first
     extractors = get_feature_extractors(cfg.features, device, inception_weights)
     refs = {s: reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw)
             for s in cfg.features}
@@ -118,9 +119,9 @@ def evaluate(model: LoadedModel, config: EvalConfig | None = None, *, inception_
 
             def images() -> torch.Tensor:
                 if not samples:
-                    samples.append(generate(model.unet, cfg.n, steps[b], model.alphas_cumprod, model.sample_shape,
-                                            sampler=cfg.sampler, seed=seed, device=device, progress=progress,
-                                            precision=cfg.precision, **options))
+                    samples.append(generate(model.unet, cfg.n, as_timesteps(steps[b]), model.alphas_cumprod,
+                                            model.sample_shape, sampler=cfg.sampler, seed=seed, device=device,
+                                            progress=progress, precision=cfg.precision, **options))
                 return samples[0]
 
             for s in cfg.features:

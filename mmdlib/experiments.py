@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -46,6 +48,10 @@ class Run:
         import pandas as pd
 
         return pd.read_csv(self.folder / "log.csv")
+
+    def learnt(self) -> list | None:
+        """The timesteps a finetune learnt (``learn_timesteps``), as its exported folder records them; else None."""
+        return self.model.meta.get("timesteps") if self.config is not None and self.config.learn_timesteps else None
 
 
 def base(name: str = "digits") -> Run:
@@ -92,16 +98,37 @@ def finetuned(cfg: FinetuneConfig, progress: bool = True) -> Run:
     return Run(load_model(str(folder / "finetuned")), folder, cfg)
 
 
+def seconds_per_iteration(cfg: FinetuneConfig, iterations: int = 3) -> float:
+    """The mean wall time of ``iterations`` finetuning iterations of ``cfg`` (after one untimed), measured now in
+    a temporary folder: costs compared in one process, under one thread setting, whatever computed the cache."""
+    model, extractor, _, _ = _resolve(cfg)
+    with tempfile.TemporaryDirectory() as out:
+        ft = Finetuner(model, real_dataset(cfg, model), dataclasses.replace(cfg, out=out, iterations=iterations + 1),
+                       extractor=extractor, progress=False)
+        ft.step()
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            ft.step()
+        seconds = (time.perf_counter() - t0) / iterations
+        ft.folder.unlock()
+    return seconds
+
+
 def scores(run: Run, config: EvalConfig | None = None, progress: bool = True, **settings) -> dict:
     """``evaluate(run.model, ...)`` (FID, KID, precision/recall, IS; mean and std over the evaluation
-    seeds), each (budget, seed, space) computed once and cached (``evaluate.score_key``)."""
+    seeds), each (budget, seed, space) computed once and cached (``evaluate.score_key``). A run that learnt
+    its timesteps is sampled at them (its budget only)."""
+    if run.learnt() is not None:
+        settings.setdefault("timesteps", run.learnt())
     return evaluate(run.model, config, device=devices.pick_device(), progress=progress, cache=True, **settings)
 
 
 def same_noise_samples(run: Run, budget: int, n: int = 64, seed: int = 0, timestep_spacing: str = "auto",
                        sampler: str = "ddim", eta: float = 0.0) -> torch.Tensor:
-    """``evaluate.grid_samples`` of ``run``'s model on the default device: call it on two runs to compare them."""
-    return grid_samples(run.model, budget, n, seed, timestep_spacing, sampler, eta, device=devices.pick_device())
+    """``generate.grid_samples`` of ``run``'s model on the default device (at its learnt timesteps, if it learnt
+    them): call it on two runs to compare them."""
+    return grid_samples(run.model, budget, n, seed, timestep_spacing, sampler, eta, device=devices.pick_device(),
+                        timesteps=run.learnt())
 
 
 @torch.no_grad()

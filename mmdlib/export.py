@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import warnings
 from pathlib import Path
 
 import torch
 
+from .errors import MMDLibError
 from .sampling import Sampler, get_sampler, resolve_spacing
 from .schedules import alphas_cumprod as _alphas_cumprod
-from .schedules import linear_betas, timestep_subset
+from .schedules import check_timesteps, linear_betas, timestep_subset
 
 META_FILE = "mmdlib.json"  # what mmdlib records beside a pipeline: budget, timesteps, sampler, eta, ...
 
@@ -29,25 +29,38 @@ def betas_config(ac: torch.Tensor) -> dict:
     return {"trained_betas": (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()}
 
 
-def scheduler_for(sampler: Sampler, spacing: str, ac: torch.Tensor):
-    """``sampler``'s diffusers scheduler (``Sampler.scheduler``, ``.scheduler_config``) over the training
-    schedule ``ac``, visiting ``spacing``'s timesteps; a spacing it cannot express is written as the sampler's
-    own, with a warning."""
+def native(sampler: Sampler, spacing: str | None, steps: list, T: int) -> bool:
+    """Whether ``sampler``'s own diffusers scheduler, given ``spacing``, steps exactly through ``steps``: its
+    spacings' timesteps are mmdlib's, but DDIM's and DDPM's schedulers step from t to t - T // n, which is the
+    previous timestep only when the steps are that far apart and the first lies below T // n."""
     if spacing not in sampler.spacings:
-        warnings.warn(f"{spacing} spacing cannot be expressed in the {sampler.name} scheduler's config: the pipeline "
-                      f"will use {sampler.spacing} spacing; sample with mmdlib and the timesteps in {META_FILE}.")
-    return _class(sampler.scheduler)(num_train_timesteps=len(ac), steps_offset=0, **betas_config(ac),
-                                     timestep_spacing=sampler.spacings.get(spacing, sampler.spacings[sampler.spacing]),
-                                     **sampler.scheduler_config)
+        return False
+    if sampler.name in ("ddim", "ddpm"):
+        stride = T // len(steps)
+        return steps[0] < stride and all(b - a == stride for a, b in zip(steps, steps[1:]))
+    return True
+
+
+def scheduler_for(sampler: Sampler, spacing: str | None, steps: list, ac: torch.Tensor, eta: float = 0.0):
+    """The scheduler that steps ``sampler``'s chain through ``steps`` over the training schedule ``ac``: its own
+    diffusers scheduler (``Sampler.scheduler``, ``.scheduler_config``) where that steps exactly (``native``),
+    else ``mmdlib.pipeline_schedulers.MMDLibScheduler``, mmdlib's own steps over the explicit timesteps."""
+    if native(sampler, spacing, steps, len(ac)):
+        return _class(sampler.scheduler)(num_train_timesteps=len(ac), steps_offset=0, **betas_config(ac),
+                                         timestep_spacing=sampler.spacings[spacing], **sampler.scheduler_config)
+    return _class("mmdlib.pipeline_schedulers:MMDLibScheduler")(
+        num_train_timesteps=len(ac), **betas_config(ac), sampler=sampler.name, steps=list(steps), eta=float(eta))
 
 
 def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alphas_cumprod: torch.Tensor | None = None,
                   timestep_spacing: str = "auto", meta: dict | None = None, sampler: str = "ddim",
-                  eta: float = 0.0) -> Path:
-    """Write ``model`` as a folder that ``diffusers.DiffusionPipeline.from_pretrained`` loads, with the
-    scheduler that makes ``pipe(num_inference_steps=budget)`` visit ``timestep_subset(budget, T, spacing)``,
-    the steps mmdlib's sampler used (spacing "auto": the sampler's own, ``Sampler.spacing``). Each sampler's
-    record (``sampling.SAMPLERS``) names the pipeline and scheduler:
+                  eta: float = 0.0, timesteps=None) -> Path:
+    """Write ``model`` as a folder that ``diffusers.DiffusionPipeline.from_pretrained`` loads, whose
+    ``pipe(num_inference_steps=budget)`` steps through the timesteps mmdlib's chain used: ``timesteps`` when
+    given (ascending; integers or real numbers, e.g. a learnt schedule), else ``timestep_subset(budget, T,
+    spacing)`` (spacing "auto": the sampler's own, ``Sampler.spacing``). Each sampler's record
+    (``sampling.SAMPLERS``) names its diffusers pipeline and scheduler, used where that scheduler steps
+    exactly through them (``native``):
 
     - ``"ddim"``: a DDIMPipeline (DDIMScheduler: set_alpha_to_one, no clipping, offset 0); pass the recorded
       eta to the call (it is a call argument, not part of the scheduler's config);
@@ -57,20 +70,30 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
       step onto sigma = 0. The UniPC folder names ``mmdlib.pipeline_schedulers.UniPCPipelineScheduler``,
       diffusers' class with a ``step`` that accepts the ``generator=`` DDPMPipeline passes.
 
-    Called with the generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic
-    steps included. ``mmdlib.json`` records the budget, its timesteps, the spacing, the sampler and eta. A
-    spacing the scheduler cannot express (quadratic; linear for the solvers) is written as the sampler's
-    own, with a warning: sample with mmdlib and the recorded timesteps.
+    Elsewhere (learnt or real-valued timesteps, the quadratic spacing, linear for the solvers, trailing with a
+    budget that does not divide T) the folder is a DDPMPipeline with ``mmdlib.pipeline_schedulers.MMDLibScheduler``
+    (the sampler's own steps over the explicit timesteps; eta in its config), which needs mmdlib installed.
+    Called with the generators ``sample_seeded`` uses, the pipeline reproduces mmdlib's chain, stochastic steps
+    included. ``mmdlib.json`` records the budget, its timesteps, the spacing, the sampler and eta.
     """
     record = get_sampler(sampler)
     record.options(eta)  # eta only where it applies
-    spacing = resolve_spacing(sampler, timestep_spacing)
     ac = _alphas_cumprod(linear_betas()) if alphas_cumprod is None else torch.as_tensor(alphas_cumprod).double()
-    steps = timestep_subset(budget, len(ac), spacing)
-    pipe = _class(record.pipeline)(unet=model, scheduler=scheduler_for(record, spacing, ac))
+    if timesteps is None:
+        spacing = resolve_spacing(sampler, timestep_spacing)
+        steps = timestep_subset(budget, len(ac), spacing)
+    else:
+        spacing, steps = None, check_timesteps(torch.as_tensor(timesteps, dtype=torch.float64), len(ac)).tolist()
+        if len(steps) != budget:
+            raise MMDLibError(f"{len(steps)} timesteps for a budget of {budget}; give one per step.")
+        steps = [int(t) if float(t).is_integer() else float(t) for t in steps]
+    scheduler = scheduler_for(record, spacing, steps, ac, eta)
+    pipeline = record.pipeline if native(record, spacing, steps, len(ac)) else "DDPMPipeline"
+    pipe = _class(pipeline)(unet=model, scheduler=scheduler)
     path = Path(path)
     pipe.save_pretrained(path)
-    info = {"budget": budget, "timestep_spacing": spacing, "timesteps": steps, "num_inference_steps": budget,
-            "sampler": sampler, "eta": float(eta) if record.eta else None, **(meta or {})}
+    info = {"budget": budget, "timestep_spacing": spacing or "explicit", "timesteps": steps,
+            "num_inference_steps": budget, "sampler": sampler, "eta": float(eta) if record.eta else None,
+            **(meta or {})}
     (path / META_FILE).write_text(json.dumps(info, indent=1))
     return path

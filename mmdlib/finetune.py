@@ -10,13 +10,10 @@ the same weights and no evaluation or figure ever reuses a training latent. The 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
-import math
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -27,17 +24,16 @@ from .data import Mirrored, data_options, get_dataset
 from .devices import Processes
 from .errors import MMDLibError
 from .export import save_pipeline
-from .features import FeatureExtractor, get_feature_extractor
+from .features import FeatureExtractor
 from .generate import grid_samples
-from .loss import MMDDDMLoss
 from .models import LoadedModel
 from .plots import save_grid
 from .real_features import PrecomputedReal, StreamedReal, real_feature_source
 from .runfolder import RunFolder, unstable
-from .sampling import get_sampler
 from .schedules import timestep_subset
-from .speed import Speed, describe_plan, plan_memory, resolve_speed
-from .streams import stream_seed, stream_seeds
+from .speed import checkpoint_everything, describe_plan, plan_memory
+from .streams import stream_seed
+from .training import Unstable, adam_step, make_parts, release, restore, schedule_row, state, train_seeds
 
 
 def real_dataset(cfg: FinetuneConfig, model: LoadedModel, download: bool = False) -> Dataset:
@@ -62,93 +58,10 @@ def check_inputs(model: LoadedModel, dataset: Dataset, cfg: FinetuneConfig, worl
     return timesteps
 
 
-class Parts(NamedTuple):
-    """What a run trains with, on its device: the speed settings, its own copy of the weights (``unet``; ``net``
-    is what the chain calls, compiled or not, sharing its parameters), the model around that copy, the
-    extractor, Adam, and the objective."""
-
-    speed: Speed
-    unet: torch.nn.Module
-    net: Callable
-    model: LoadedModel
-    extractor: FeatureExtractor
-    opt: torch.optim.Adam
-    objective: MMDDDMLoss
-
-
-def make_parts(model: LoadedModel, cfg: FinetuneConfig, device: torch.device, timesteps: list[int],
-               extractor: FeatureExtractor | None = None, gather: Callable | None = None) -> Parts:
-    """``Parts`` for ``cfg`` on ``device``: a copy of ``model``'s weights (in eval mode; with ``cfg.dropout``
-    every dropout layer at that p for the train-mode steps), placed and compiled as the speed settings say."""
-    speed = resolve_speed(cfg.precision, cfg.compile, device)
-    unet = speed.place(copy.deepcopy(model.unet), device).eval()
-    if cfg.dropout is not None:
-        for m in unet.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = cfg.dropout
-    extractor = speed.place(extractor or get_feature_extractor(cfg.features), device)
-    opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                           **({"fused": True} if speed.fused_adam else {}))
-    objective = MMDDDMLoss(extractor, shape=model.sample_shape, timesteps=timesteps,
-                           alphas_cumprod=model.alphas_cumprod, sampler=cfg.sampler, kernel=cfg.kernel, device=device,
-                           autocast=lambda: speed.autocast(device), gather=gather,
-                           **get_sampler(cfg.sampler).options(cfg.eta))
-    return Parts(speed, unet, speed.compiled(unet), dataclasses.replace(model, unet=unet), extractor, opt, objective)
-
-
-def restore(checkpoint: dict | None, unet: torch.nn.Module, opt: torch.optim.Optimizer, lr: float) -> int:
-    """Load a run's checkpoint (weights and Adam's state, onto wherever the parameters are) at learning rate
-    ``lr`` (a resume may change it; run.json records the change); returns its iteration (0: none)."""
-    if checkpoint is None:
-        return 0
-    unet.load_state_dict(checkpoint["unet"])
-    opt.load_state_dict(checkpoint["optimizer"])
-    for group in opt.param_groups:
-        group["lr"] = lr
-    return checkpoint["iteration"]
-
-
-def train_seeds(cfg: FinetuneConfig, it: int, procs: Processes) -> list[int]:
-    """Per-sample seeds of this process's contiguous share of iteration ``it``'s global batch: draws
-    it * batch + i of the run's "train" stream."""
-    start, size = procs.share(cfg.batch_size)
-    return stream_seeds("train", cfg.seed, range(it * cfg.batch_size + start, it * cfg.batch_size + start + size))
-
-
-class Unstable(Exception):
-    """An optimiser step that would leave the weights non-finite or blown up (the message says which)."""
-
-
-def adam_step(opt: torch.optim.Optimizer, params: list, loss: torch.Tensor, grad_clip: float, norm: float,
-              average: Callable = lambda params: None) -> tuple[float, float]:
-    """Backward, gradient averaging across processes, clipping at ``grad_clip`` and Adam's step, refusing
-    (``Unstable``) a non-finite loss or gradient, an overflowing step, or weights whose norm (``norm`` before)
-    the step doubles. Returns (gradient norm, the weights' norm after)."""
-    if not torch.isfinite(loss):
-        raise Unstable(f"the loss became {loss.item()}")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    average(params)
-    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if not torch.isfinite(gnorm):
-        raise Unstable(f"the gradient norm became {gnorm.item()}")
-    try:
-        opt.step()
-    except RuntimeError as e:  # Adam's step size lr / (1 - beta1^t) overflowing float32
-        if "overflow" not in str(e):
-            raise
-        raise Unstable("Adam's step overflowed") from None
-    after = torch.nn.utils.get_total_norm(params).item()
-    if not math.isfinite(after) or after > 2 * norm:  # no sane step doubles the weights' norm
-        raise Unstable(f"the weights' norm went from {norm:.4g} to {after:.4g} in one Adam step")
-    return gnorm.item(), after
-
-
 class Finetuner:
     """The loop: Adam on the MMD-DDM loss, one iteration per ``step``, checkpointing and logging to its run
-    folder, on its own copy of ``model``'s weights (``self.model`` holds it; the model passed in is left as
-    it was). ``folder``: the run's folder (default ``RunFolder(cfg.out)``), opened here and released when
-    ``run`` ends or when starting fails."""
+    folder (default ``RunFolder(cfg.out)``: opened here, released when ``run`` ends or starting fails), on its
+    own copy of ``model``'s weights (``self.model``) and, with ``learn_timesteps``, timesteps (``self.schedule``)."""
 
     def __init__(self, model: LoadedModel, dataset: Dataset, cfg: FinetuneConfig, folder: RunFolder | None = None,
                  *, extractor: FeatureExtractor | None = None, resume: bool = False, overwrite: bool = False,
@@ -161,13 +74,13 @@ class Finetuner:
         resuming = self.folder.open(cfg.run_identity(), resume, overwrite, cfg.iterations)  # every rank
         try:
             self.device = self.procs.device(cfg.device)
-            self.speed, self.unet, self.net, self.model, self.extractor, self.opt, self.objective = make_parts(
-                model, cfg, self.device, self.timesteps, extractor, self.procs.gather_with_grad)
-            self.iteration = restore(self.folder.load("cpu") if resuming else None, self.unet, self.opt, cfg.lr)
+            self.parts = p = make_parts(model, cfg, self.device, self.timesteps, extractor, self.procs.gather_with_grad)
+            self.speed, self.unet, self.net, self.model, self.extractor, self.opt, self.schedule, _, self.objective = p
+            self.iteration = restore(self.folder.load("cpu") if resuming else None, self.parts, cfg.lr)
             self._norm = torch.nn.utils.get_total_norm(self.unet.parameters()).item()  # for adam_step's check
             self.procs.barrier()  # every rank has checked and loaded before the main one writes
             self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations,
-                               "timesteps": self.timesteps}, self.iteration, overwrite)
+                               "timesteps": self.current_timesteps()}, self.iteration, overwrite)
             self.procs.barrier()
         except BaseException:
             self.folder.unlock()
@@ -192,11 +105,17 @@ class Finetuner:
         """How many sampler steps (the first ones, from x_T) are recomputed in backward."""
         return self.memory["checkpointed"]
 
+    def current_timesteps(self) -> list:
+        """The timesteps the chain steps through now: the fixed ones, or the learnt schedule's (floats)."""
+        return self.timesteps if self.schedule is None else self.schedule().tolist()
+
     def loss(self, it: int) -> torch.Tensor:
         """Iteration ``it``'s loss on the global batch, this process generating its share (``train_seeds``).
         With dropout on, torch's global generator is seeded from the run's "dropout" stream just before the
         chain (after the real batch and the memory plan, which draw from it too): a resume repeats the masks."""
         real, self.objective.checkpoint = self.real(it), self.checkpoint_steps
+        if self.schedule is not None:
+            self.objective.timesteps = self.schedule()  # real-valued, with their gradient
         if self.cfg.dropout is not None:
             torch.manual_seed(stream_seed("dropout", self.cfg.seed, it * self.procs.world + self.procs.rank))
         return self.objective(self.net, real, train_seeds(self.cfg, it, self.procs))
@@ -207,39 +126,34 @@ class Finetuner:
         try:
             return self._step()
         except torch.OutOfMemoryError as e:
-            if self.memory["policy"] != "auto" or self.checkpoint_steps == len(self.timesteps):
-                raise MMDLibError(f"out of memory at iteration {self.iteration} (batch {self.cfg.batch_size}, "
-                                  f"{self.checkpoint_steps} of {len(self.timesteps)} steps checkpointed); use "
-                                  f"--checkpointing all or a smaller --batch-size.") from e
-        self.opt.zero_grad(set_to_none=True)  # outside the except block, so the failed iteration's graph is gone
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self.memory["checkpointed"] = len(self.timesteps)
+            checkpoint_everything(self.memory, f"at iteration {self.iteration} (batch {self.cfg.batch_size})", e)
+        release(self.parts, self.device)  # outside the except block, so the failed iteration's graph is gone
         if self.progress:
             tqdm.write("out of memory: now checkpointing every sampler step")
         return self._step()
 
     def _step(self) -> tuple[float, float]:
         self.unet.train(self.cfg.dropout is not None)
-        loss = self.loss(self.iteration)
+        loss, p = self.loss(self.iteration), self.parts
         try:
-            gnorm, self._norm = adam_step(self.opt, list(self.unet.parameters()), loss, self.cfg.grad_clip, self._norm,
-                                          self.procs.average_gradients)
+            gnorm, self._norm = adam_step(loss, [o for o in (p.opt, p.opt_t) if o], [] if p.opt is None else list(
+                self.unet.parameters()), self.cfg.grad_clip, self._norm, [] if p.schedule is None else list(
+                p.schedule.parameters()), self.procs.average_gradients)
         except Unstable as e:  # every checkpoint was written after a step that passed, so the last one is good
             raise unstable(self.folder, str(e), self.iteration, self.cfg.lr, self.cfg.save_every) from None
         self.iteration += 1
         return loss.item(), gnorm
 
     def save_checkpoint(self) -> None:
-        self.folder.save({"unet": self.unet.state_dict(), "optimizer": self.opt.state_dict()}, self.iteration)
+        self.folder.save(state(self.parts), self.iteration, timesteps=self.current_timesteps())
 
     def save_grid(self, name: str) -> None:
         """64 samples from the "grid" stream's fixed noise (the same in every run), by the main process."""
         if self.procs.main:
             self.unet.eval()
-            save_grid(grid_samples(self.model, self.cfg.budget, timestep_spacing=self.cfg.spacing,
-                                   sampler=self.cfg.sampler, eta=self.cfg.eta, device=self.device),
-                      self.folder.path / "samples" / f"{name}.png")
+            x = grid_samples(self.model, self.cfg.budget, sampler=self.cfg.sampler, eta=self.cfg.eta,
+                             device=self.device, timesteps=self.current_timesteps())
+            save_grid(x, self.folder.path / "samples" / f"{name}.png")
 
     def run(self) -> Path:
         """Finetune up to cfg.iterations, checkpointing and logging; export the pipeline; return its folder.
@@ -256,7 +170,7 @@ class Finetuner:
                     t0 = time.perf_counter()
                     loss, gnorm = self.step()
                     self.folder.log({"iteration": self.iteration, "loss": f"{loss:.6g}", "grad_norm": f"{gnorm:.4g}",
-                                     "seconds": f"{time.perf_counter() - t0:.4f}"})
+                                     "seconds": f"{time.perf_counter() - t0:.4f}", **schedule_row(self.parts)})
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                     if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations:
@@ -266,7 +180,8 @@ class Finetuner:
             self.unet.eval()
             if self.procs.main:
                 save_pipeline(self.unet, path, cfg.budget, self.model.alphas_cumprod, cfg.spacing,
-                              meta={"finetune": dataclasses.asdict(cfg)}, sampler=cfg.sampler, eta=cfg.eta)
+                              meta={"finetune": dataclasses.asdict(cfg)}, sampler=cfg.sampler, eta=cfg.eta,
+                              timesteps=None if self.schedule is None else self.current_timesteps())
             self.procs.barrier()
             return path
         finally:

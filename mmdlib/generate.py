@@ -13,7 +13,7 @@ from .config import EVAL_PRECISIONS
 from .errors import MMDLibError
 from .models import LoadedModel
 from .sampling import get_sampler, resolve_spacing, sample_seeded, to_unit
-from .schedules import timestep_subset
+from .schedules import as_timesteps, timestep_subset
 from .speed import Speed
 from .streams import stream_seeds
 
@@ -48,11 +48,13 @@ def generate(model: Callable, n: int, timesteps: Sequence[int], alphas_cumprod: 
 
 
 def grid_samples(model: LoadedModel, budget: int, n: int = 64, seed: int = 0, timestep_spacing: str = "auto",
-                 sampler: str = "ddim", eta: float = 0.0, device=None) -> torch.Tensor:
+                 sampler: str = "ddim", eta: float = 0.0, device=None, timesteps=None) -> torch.Tensor:
     """``n`` samples [n, C, H, W] in [0, 1] of a ``LoadedModel`` from the fixed noise of the "grid" stream,
     sampled where the model is (or on ``device``): the same noise at every call, so two models (or one model
-    during finetuning) can be compared side by side; never a training or an evaluation latent."""
+    during finetuning) can be compared side by side; never a training or an evaluation latent. ``timesteps``:
+    explicit (e.g. learnt) ones instead of the spacing's."""
     device = device or next(model.unet.parameters()).device
-    steps = timestep_subset(budget, model.T, resolve_spacing(sampler, timestep_spacing))
+    steps = timestep_subset(budget, model.T, resolve_spacing(sampler, timestep_spacing)) if timesteps is None \
+        else as_timesteps(timesteps)
     return generate(model.unet.to(device), n, steps, model.alphas_cumprod, model.sample_shape, sampler=sampler,
                     seed=seed, device=device, purpose="grid", **get_sampler(sampler).options(eta))

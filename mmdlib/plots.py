@@ -73,3 +73,16 @@ def metric_vs_steps(results: dict[str, dict], space: str, metric: str = "fid", a
     sns.lineplot(pd.DataFrame(rows), x="steps", y=metric, hue="model", marker="o", ax=ax)
     ax.set(xticks=sorted({r["steps"] for r in rows}), ylabel=f"{metric.upper()} ({space})", yscale="log")
     return ax
+
+
+def schedules_plot(schedules: dict[str, list], T: int, ax=None):
+    """Each schedule's timesteps (one row of points per entry, labelled) on the axis 0..T-1: where each chain
+    steps, the fixed spacings beside the learnt ones."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 0.45 * len(schedules) + 1))[1]
+    for row, (name, steps) in enumerate(schedules.items()):
+        ax.plot(steps, [row] * len(steps), "o-", ms=5)
+    ax.set(yticks=range(len(schedules)), yticklabels=list(schedules), xlim=(-T * 0.02, T * 1.02), xlabel="timestep t")
+    ax.invert_yaxis()
+    return ax

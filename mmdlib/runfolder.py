@@ -3,7 +3,7 @@
 ``run.json``    the run's identity (the settings that make two runs the same run), its target iterations,
                 its timesteps and the last saved iteration (cheap to read: no checkpoint is loaded for it)
 ``checkpoint.pt`` weights, optimiser state and iteration, written atomically (a crash leaves the old one)
-``log.csv``     one row per iteration (``LOG_FIELDS``)
+``log.csv``     one row per iteration (``LOG_FIELDS``, and a run's own extra columns: learnt timesteps)
 ``samples/``, ``finetuned/``  sample grids and the exported pipeline
 
 The main process holds an exclusive lock on the folder (``flock`` on the directory itself, so nothing is
@@ -55,11 +55,12 @@ def _load_plain(path: Path, map_location) -> dict:
 
 def _cut_log(path: Path, iteration: int) -> None:
     """Keep the log's rows up to ``iteration`` (a resumed run repeats the later ones), atomically."""
-    rows = [r for r in csv.DictReader(path.open()) if int(r["iteration"]) <= iteration]
+    reader = csv.DictReader(path.open())
+    rows = [r for r in reader if int(r["iteration"]) <= iteration]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w = csv.DictWriter(f, fieldnames=reader.fieldnames)
             w.writeheader()
             w.writerows(rows)
 
@@ -227,20 +228,20 @@ class RunFolder:
         if self.log_file.exists():
             _cut_log(self.log_file, iteration)
 
-    def save(self, state: dict, iteration: int) -> None:
-        """Write the checkpoint ``{**state, "iteration": iteration}`` atomically, then record its iteration."""
+    def save(self, state: dict, iteration: int, **record) -> None:
+        """Write the checkpoint atomically, then its iteration (and ``record``: learnt timesteps) to run.json."""
         if not self.main:
             return
         atomic_save({**state, "iteration": iteration}, self.checkpoint)
-        _write_json(self.run_file, {**self.record(), "iteration": iteration})
+        _write_json(self.run_file, {**self.record(), **record, "iteration": iteration})
 
     def log(self, row: dict) -> None:
-        """Append one row (``LOG_FIELDS``) to log.csv."""
+        """Append one row (``LOG_FIELDS`` and the run's extra columns, in the order the first row had) to log.csv."""
         if not self.main:
             return
         new = not self.log_file.exists()
         with self.log_file.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w = csv.DictWriter(f, fieldnames=[*LOG_FIELDS, *(k for k in row if k not in LOG_FIELDS)])
             if new:
                 w.writeheader()
             w.writerow(row)

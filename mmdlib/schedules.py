@@ -1,6 +1,8 @@
 """Noise schedules and timestep subsets (paper Sec. II, eqs. 1-2; DDIM Sec. 4.2)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -70,13 +72,40 @@ def timestep_subset(budget: int, T: int = 1000, spacing: str = "linear") -> list
     return steps
 
 
-def check_timesteps(timesteps, T: int) -> list[int]:
-    """Validate a subset: integers, strictly ascending, inside 0..T-1."""
-    steps = [int(t) for t in (timesteps.tolist() if torch.is_tensor(timesteps) else timesteps)]
+def is_real_valued(timesteps) -> bool:
+    """Whether ``timesteps`` is a floating-point tensor (real-valued time, possibly learnt), not integers."""
+    return torch.is_tensor(timesteps) and timesteps.is_floating_point()
+
+
+def check_timesteps(timesteps, T: int) -> list[int] | torch.Tensor:
+    """Validate a subset, strictly ascending inside 0..T-1: integers (returned as a list of ints), or a 1-D
+    floating-point tensor of real-valued timesteps (returned as it is, its gradient kept)."""
+    real = is_real_valued(timesteps)
+    if real and (timesteps.dim() != 1 or not torch.isfinite(timesteps).all()):
+        raise MMDLibError(f"real-valued timesteps must be a 1-D tensor of finite numbers, got shape "
+                          f"{tuple(timesteps.shape)}.")
+    steps = timesteps.tolist() if real else [int(t) for t in (timesteps.tolist() if torch.is_tensor(timesteps)
+                                                              else timesteps)]
     if not steps:
         raise MMDLibError("timesteps is empty; pass at least one timestep, e.g. timestep_subset(5).")
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise MMDLibError(f"timesteps must be strictly ascending, got {steps}.")
-    if steps[0] < 0 or steps[-1] >= T:
+    if steps[0] < 0 or steps[-1] > T - 1:
         raise MMDLibError(f"timesteps must lie in 0..{T - 1} (T={T} from alphas_cumprod), got {steps}.")
-    return steps
+    return timesteps if real else steps
+
+
+def as_timesteps(steps: Sequence[float]) -> list[int] | torch.Tensor:
+    """A list of timesteps as a sampler takes them: the integers as they are, real values as a float64 tensor."""
+    return torch.tensor(steps, dtype=torch.float64) if any(float(t) != int(t) for t in steps) else list(steps)
+
+
+def alpha_bar(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """alpha_bar at real-valued timesteps ``t`` in [0, T-1] (float64, t's shape): log alpha_bar interpolated
+    linearly between the integers around t, so it is the table at every integer (up to rounding) and
+    differentiable in t in between (the DDPM schedule's log alpha_bar is nearly linear in t)."""
+    la = torch.log(torch.as_tensor(alphas_cumprod, dtype=torch.float64)).to(t.device)
+    if len(la) == 1:
+        return torch.exp(la[0]).expand(t.shape)
+    lo = t.detach().floor().clamp(0, len(la) - 2).long()
+    return torch.exp(la[lo] + (t.double() - lo) * (la[lo + 1] - la[lo]))

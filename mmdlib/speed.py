@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import MMDLibError
 from .sampling import get_sampler, noise, to_unit
 from .streams import stream_seeds
 
@@ -132,4 +133,13 @@ def describe_plan(plan: dict) -> str:
     """One line for the log: how many steps an "auto" plan checkpoints, and why."""
     return (f"checkpointing {plan['checkpointed']} of {plan['steps']} sampler steps (estimated "
             f"{plan['estimate_gib']:.1f} GiB of activations, {plan['available_gib']:.1f} GiB available)")
+
+
+def checkpoint_everything(plan: dict, where: str, error: Exception) -> None:
+    """After running out of memory ``where``: switch an "auto" plan that still keeps some steps' graphs to
+    checkpointing every step; refuse, naming the ways out, when there is nothing left to switch."""
+    if plan["policy"] != "auto" or plan["checkpointed"] == plan["steps"]:
+        raise MMDLibError(f"out of memory {where}, {plan['checkpointed']} of {plan['steps']} steps checkpointed; use "
+                          f"--checkpointing all or a smaller --batch-size.") from error
+    plan["checkpointed"] = plan["steps"]
 

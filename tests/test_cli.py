@@ -159,3 +159,21 @@ def test_dropout_and_flip_flags():
     assert parse("--dropout", "none").dropout is None
     with pytest.raises(SystemExit):
         parse("--flip", "maybe")
+
+
+def test_learning_the_timesteps_from_the_command_line(tmp_path, monkeypatch):
+    from helpers import tiny_model
+
+    from mmdlib.cli import build_parser, config_from_args
+
+    parse = lambda *a: config_from_args(build_parser().parse_args(["finetune", *a]))  # noqa: E731
+    assert parse("--learn-timesteps").learn_timesteps is True and parse().learn_timesteps is False  # a bare flag
+    c = parse("--learn-timesteps", "yes", "--freeze-weights", "--timestep-lr", "0.2")
+    assert (c.learn_timesteps, c.freeze_weights, c.timestep_lr) == (True, True, 0.2)
+    monkeypatch.setattr("mmdlib.load_model", lambda name, device="cpu": tiny_model())
+    args = ["finetune", "--features", "digits-a", "--batch-size", "4", "--budget", "2", "--iterations", "2",
+            "--device", "cpu", "--learn-timesteps", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["identity"]["learn_timesteps"] is True and len(run["timesteps"]) == 2 and run["timesteps"][1] != 500
+    assert main(["finetune", "--freeze-weights", "--out", str(tmp_path / "p")]) == 2  # nothing to learn

@@ -14,9 +14,10 @@ def test_every_setting_declares_its_group_and_only_method_settings_and_precision
     fields = dataclasses.fields(FinetuneConfig)
     assert {f.metadata["group"] for f in fields} == {"method", "execution", "output"}
     identity = set(FinetuneConfig().run_identity())  # settings added since 0.1.0 count only when on
-    assert identity == {f.name for f in fields if f.metadata["group"] == "method"} - {"iterations", *OFF_SINCE_0_1} \
-        | {"precision"}
-    assert set(FinetuneConfig(dropout=0.1, flip=True).run_identity()) == identity | set(OFF_SINCE_0_1)
+    assert identity == {f.name for f in fields if f.metadata["group"] == "method"} - {"iterations", *OFF_SINCE_0_1,
+                                                                                      "timestep_lr"} | {"precision"}
+    on = FinetuneConfig(dropout=0.1, flip=True, learn_timesteps=True, freeze_weights=True)
+    assert set(on.run_identity()) == identity | set(OFF_SINCE_0_1) | {"timestep_lr"}
     base = FinetuneConfig(out="a")
     for f in fields:  # what an output or execution setting is set to never makes another run
         if f.metadata["group"] != "method" and f.name != "precision":
@@ -66,3 +67,15 @@ def test_an_evaluation_config_takes_a_seed_count_one_space_and_resolves_auto_spa
     assert cfg.spacing == "trailing" and EvalConfig().spacing == "linear"
     with pytest.raises(MMDLibError, match="seeds must be >= 1"):
         EvalConfig(seeds=0)
+
+
+def test_learning_the_timesteps_is_part_of_a_runs_identity_only_when_on():
+    off = FinetuneConfig().run_identity()
+    assert not {"learn_timesteps", "timestep_lr", "freeze_weights"} & set(off)  # runs from before keep theirs
+    on = FinetuneConfig(learn_timesteps=True, timestep_lr=0.02).run_identity()
+    assert on["learn_timesteps"] is True and on["timestep_lr"] == 0.02 and "freeze_weights" not in on
+    assert FinetuneConfig(learn_timesteps=True, freeze_weights=True).run_identity()["freeze_weights"] is True
+    with pytest.raises(MMDLibError, match="freeze_weights leaves nothing to learn unless learn_timesteps is on"):
+        FinetuneConfig(freeze_weights=True).check()
+    with pytest.raises(MMDLibError, match="timestep_lr must be a finite number > 0, got 0"):
+        FinetuneConfig(learn_timesteps=True, timestep_lr=0).check()

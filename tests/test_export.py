@@ -40,8 +40,7 @@ def test_saved_pipeline_samples_like_ddim_sample(tmp_path, budget):
 
 def test_saved_pipeline_with_a_non_linear_beta_schedule_and_spacing_keeps_them(tmp_path):
     ac = mmdlib.alphas_cumprod(mmdlib.linear_betas(1000, 1e-4, 0.03))
-    with pytest.warns(UserWarning, match="quadratic spacing cannot be expressed"):
-        save_pipeline(make_tiny_unet(), tmp_path / "p", budget=5, alphas_cumprod=ac, timestep_spacing="quadratic")
+    save_pipeline(make_tiny_unet(), tmp_path / "p", budget=5, alphas_cumprod=ac, timestep_spacing="quadratic")
     m = load_model(str(tmp_path / "p"))
     torch.testing.assert_close(m.alphas_cumprod, ac, rtol=1e-6, atol=0)
     assert m.meta["timesteps"] == mmdlib.timestep_subset(5, spacing="quadratic")
@@ -94,17 +93,60 @@ def test_export_refuses_eta_for_ddpm_and_unknown_samplers(tmp_path):
 
 @pytest.mark.parametrize("sampler", mmdlib.SAMPLERS)
 def test_trailing_spacing_is_written_into_every_scheduler_and_linear_only_where_it_exists(tmp_path, sampler):
-    import warnings
-
     from diffusers import DiffusionPipeline
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # expressible: no warning
-        save_pipeline(make_tiny_unet(), tmp_path / "t", budget=5, sampler=sampler, timestep_spacing="trailing")
+    save_pipeline(make_tiny_unet(), tmp_path / "t", budget=5, sampler=sampler, timestep_spacing="trailing")
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "t")
+    assert type(pipe.scheduler).__name__ == mmdlib.SAMPLERS[sampler].scheduler.split(":")[-1]  # diffusers' own
     pipe.scheduler.set_timesteps(5)
     assert sorted(pipe.scheduler.timesteps.tolist()) == mmdlib.timestep_subset(5, spacing="trailing")
-    if "linear" not in mmdlib.SAMPLERS[sampler].spacings:  # the solvers' "leading" is not DDIM's
-        with pytest.warns(UserWarning, match=f"linear spacing cannot be expressed in the {sampler} scheduler"):
-            save_pipeline(make_tiny_unet(), tmp_path / "l", budget=5, sampler=sampler, timestep_spacing="linear")
-        assert json.loads((tmp_path / "l" / "mmdlib.json").read_text())["timesteps"] == mmdlib.timestep_subset(5)
+
+
+@pytest.mark.parametrize("sampler", mmdlib.SAMPLERS)
+def test_every_spacing_and_budget_is_stepped_exactly_by_the_scheduler_an_export_writes(sampler):
+    # diffusers' own scheduler where it visits mmdlib's timesteps (DDIM's and DDPM's step to t - T // n), mmdlib's
+    # MMDLibScheduler elsewhere (quadratic, linear for the solvers, trailing with a budget that does not divide T)
+    from mmdlib.export import _class, native, scheduler_for
+
+    unet, ac, record = make_tiny_unet(), mmdlib.alphas_cumprod(mmdlib.linear_betas()), mmdlib.SAMPLERS[sampler]
+    seen = set()
+    options = {"eta": 0.5} if record.eta else {}
+    for spacing in ("linear", "quadratic", "trailing"):
+        for budget in range(1, 13):
+            steps = mmdlib.timestep_subset(budget, spacing=spacing)
+            scheduler = scheduler_for(record, spacing, steps, ac, options.get("eta", 0.0))
+            is_native = native(record, spacing, steps, 1000)
+            seen.add(is_native)
+            pipe = _class(record.pipeline if is_native else "DDPMPipeline")(unet=unet, scheduler=scheduler)
+            images = pipe(batch_size=2, num_inference_steps=budget, generator=mmdlib.generators([3, 4]),
+                          output_type="pt", **(options if type(pipe).__name__ == "DDIMPipeline" else {})).images
+            with torch.no_grad():
+                ours = mmdlib.sample_seeded(unet, [3, 4], (3, 8, 8), steps, ac, sampler, **options)
+            torch.testing.assert_close(images, mmdlib.to_unit(ours), rtol=1e-5, atol=1e-5,
+                                       msg=f"{sampler}, {spacing}, budget {budget}")
+    assert seen == {True, False}
+    if sampler in ("ddim", "ddpm"):  # the case diffusers' scheduler steps wrongly (0.02-0.12 off at budget 6)
+        assert not native(record, "trailing", mmdlib.timestep_subset(6, spacing="trailing"), 1000)
+
+
+@pytest.mark.parametrize("sampler", mmdlib.SAMPLERS)
+def test_real_valued_timesteps_are_exported_with_mmdlibs_scheduler(tmp_path, sampler):
+    from diffusers import DiffusionPipeline
+
+    unet, ac = make_tiny_unet(), mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    steps = torch.tensor([3.7, 180.2, 433.0, 701.9, 998.5], dtype=torch.float64)
+    options = {"eta": 0.5} if mmdlib.SAMPLERS[sampler].eta else {}
+    save_pipeline(unet, tmp_path / "p", 5, ac, sampler=sampler, timesteps=steps, **options)
+    meta = json.loads((tmp_path / "p" / "mmdlib.json").read_text())
+    assert meta["timesteps"] == [3.7, 180.2, 433, 701.9, 998.5] and meta["timestep_spacing"] == "explicit"
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    assert type(pipe.scheduler).__name__ == "MMDLibScheduler" and type(pipe).__name__ == "DDPMPipeline"
+    images = pipe(batch_size=2, num_inference_steps=5, generator=mmdlib.generators([3, 4]), output_type="pt").images
+    with torch.no_grad():
+        ours = mmdlib.sample_seeded(unet, [3, 4], (3, 8, 8), steps, ac, sampler, **options)
+    torch.testing.assert_close(images, mmdlib.to_unit(ours), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="call it with num_inference_steps=5"):
+        pipe(num_inference_steps=4)
+    with pytest.raises(mmdlib.MMDLibError, match="4 timesteps for a budget of 5"):
+        save_pipeline(unet, tmp_path / "q", 5, ac, sampler=sampler, timesteps=steps[:4])
+

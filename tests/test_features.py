@@ -63,7 +63,7 @@ def test_sfid_space_is_mixed_6_conv_first_7_channels_and_sfid_is_fid_there(incep
         torch.testing.assert_close(got.reshape(12, 7, 17, 17).permute(0, 2, 3, 1).flatten(1), want, rtol=1e-4,
                                    atol=1e-4)
         feats.append(got.double())
-    from mmdlib.evaluate import fid_from_features
+    from mmdlib.metrics import fid_from_features
 
     a, b = (f.numpy() for f in feats)
     ma, mb, ca, cb = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)

@@ -13,6 +13,7 @@ import mmdlib
 from mmdlib.config import FinetuneConfig
 from mmdlib.finetune import Finetuner, finetune
 from mmdlib.real_features import PrecomputedReal, StreamedReal
+from mmdlib.sampling import to_unit
 
 
 def cfg(tmp_path, **kw) -> FinetuneConfig:
@@ -244,3 +245,59 @@ def test_finetuning_under_a_multistep_solver_trains_on_its_own_timesteps_and_exp
     assert not torch.equal(ft.unet.conv_in.weight, before["conv_in.weight"])
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_learning_the_timesteps_with_the_weights_moves_both_and_exports_them(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    c = cfg(tmp_path, budget=3, iterations=3, learn_timesteps=True, timestep_lr=0.1)
+    ft = Finetuner(tiny_model(), mmdlib.digits_dataset("train"), c, extractor=TinyFeatures(), progress=False)
+    start, before = ft.current_timesteps(), weights(ft.unet)
+    assert start == [0, 333, 666]
+    path = ft.run()
+    learnt = ft.current_timesteps()
+    assert learnt[0] == 0 and learnt[1:] != [333.0, 666.0] and all(b > a for a, b in zip(learnt, learnt[1:]))
+    assert not torch.equal(ft.unet.conv_in.weight, before["conv_in.weight"])
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [float(t) for t in rows[-1]["timesteps"].split()] == pytest.approx(learnt, abs=1e-4)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["timesteps"] == learnt
+    meta = json.loads((path / "mmdlib.json").read_text())
+    assert meta["timesteps"] == pytest.approx(learnt) and meta["finetune"]["learn_timesteps"] is True
+    pipe = DiffusionPipeline.from_pretrained(path)
+    images = pipe(batch_size=2, num_inference_steps=3, generator=mmdlib.generators([7, 8]), output_type="pt").images
+    with torch.no_grad():
+        ours = mmdlib.sample_seeded(ft.unet, [7, 8], (1, 8, 8), torch.tensor(learnt, dtype=torch.float64),
+                                    ft.model.alphas_cumprod)
+    torch.testing.assert_close(images, to_unit(ours), rtol=1e-5, atol=1e-5)
+
+
+def test_with_the_weights_frozen_only_the_timesteps_move(tmp_path):
+    from mmdlib.cache import weights_hash
+
+    c = cfg(tmp_path, budget=3, iterations=3, learn_timesteps=True, freeze_weights=True, timestep_lr=0.1)
+    model = tiny_model()
+    ft = Finetuner(model, mmdlib.digits_dataset("train"), c, extractor=TinyFeatures(), progress=False)
+    ft.run()
+    assert weights_hash(ft.unet) == weights_hash(model.unet) and ft.current_timesteps()[1:] != [333.0, 666.0]
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert all(float(r["grad_norm"]) > 0 for r in rows)  # the timesteps' gradient
+
+
+def test_an_interrupted_joint_run_resumes_to_the_same_schedule_and_weights(tmp_path, monkeypatch):
+    ds, make = mmdlib.digits_dataset("train"), lambda p: cfg(p, budget=3, learn_timesteps=True, timestep_lr=0.1)
+    straight = Finetuner(tiny_model(), ds, make(tmp_path / "a"), extractor=TinyFeatures(), progress=False)
+    straight.run()
+    interrupted = Finetuner(tiny_model(), ds, make(tmp_path / "b"), extractor=TinyFeatures(), progress=False)
+    real_loss = Finetuner.loss
+    monkeypatch.setattr(Finetuner, "loss", lambda self, it: (_ for _ in ()).throw(KeyboardInterrupt) if it == 3
+                        else real_loss(self, it))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    monkeypatch.setattr(Finetuner, "loss", real_loss)
+    resumed = Finetuner(tiny_model(), ds, make(tmp_path / "b"), extractor=TinyFeatures(), resume=True, progress=False)
+    assert resumed.iteration == 2 and resumed.current_timesteps() != straight.current_timesteps()
+    resumed.run()
+    assert resumed.current_timesteps() == pytest.approx(straight.current_timesteps(), rel=1e-9, abs=1e-9)
+    a, b = weights(straight.unet), weights(resumed.unet)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)

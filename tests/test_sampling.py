@@ -98,13 +98,12 @@ def _grads(model, sampler, checkpoint, **kw):
 
 
 def test_checkpoint_recomputes_exactly_the_first_k_steps(tiny_unet, monkeypatch):
-    import mmdlib.sampling as sampling
+    import mmdlib.chain as chain
 
     calls = []
-    monkeypatch.setattr(sampling, "_checkpoint", lambda fn, x, t, *a, **kw: calls.append(t) or fn(x, t, *a))
-    steps = mmdlib.timestep_subset(4)
+    monkeypatch.setattr(chain, "_checkpoint", lambda fn, i, *a, **kw: calls.append(i) or fn(i, *a))
     _grads(tiny_unet, mmdlib.ddim_sample, 3)
-    assert calls == sorted(steps, reverse=True)[:3]  # from x_T: the largest timesteps
+    assert calls == [0, 1, 2]  # the first three of the four steps, from x_T (the largest timesteps)
     with pytest.raises(mmdlib.MMDLibError, match="checkpoint must be True, False or a number of steps >= 0"):
         _grads(tiny_unet, mmdlib.ddim_sample, -1)
 
@@ -195,7 +194,7 @@ class TestEverySampler:
 
     def test_its_record_is_whole(self, name, options):
         s = mmdlib.get_sampler(name)
-        assert s is mmdlib.SAMPLERS[name] and s.name == name and s.title and callable(s.sample)
+        assert s is mmdlib.SAMPLERS[name] and s.name == name and s.title and callable(s.plan) and callable(s.update)
         assert s.spacing in TIMESTEP_SPACINGS and s.spacing in s.spacings  # its own spacing can be exported
         assert s.options(options.get("eta", 0.0)) == ({"eta": options.get("eta", 0.0)} if s.eta else {})
         assert s.carried_tensors(options.get("eta")) == s.carried + s.stochastic(options.get("eta"))
@@ -254,3 +253,26 @@ class TestEverySampler:
         with pytest.raises(mmdlib.MMDLibError, match=msg):
             mmdlib.get_sampler(name)(lambda x, t: x, torch.randn(2, 1, 2, 2), timesteps, self.ac, **options)
 
+
+    def test_integer_valued_real_timesteps_give_the_integer_chain(self, name, options, tiny_unet):
+        steps, seeds = mmdlib.timestep_subset(4, spacing="trailing"), [5, 6]
+        with torch.no_grad():
+            ints = self.run(name, options, tiny_unet, seeds, steps)
+            reals = self.run(name, options, tiny_unet, seeds, torch.tensor(steps, dtype=torch.float64))
+        torch.testing.assert_close(reals, ints, rtol=1e-6, atol=1e-6)
+
+    def test_gradients_with_respect_to_real_valued_timesteps_pass_gradcheck(self, name, options):
+        def model(x, t):  # float64 and smooth in t (diffusers' UNets embed t in float32)
+            return 0.3 * torch.tanh(x) + 1e-3 * t.to(x.dtype).view(-1, 1, 1, 1) * x.mean((1, 2, 3), keepdim=True).cos()
+
+        x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        t = torch.tensor([150.3, 420.7, 777.1, 998.2], dtype=torch.float64, requires_grad=True)
+        sample = mmdlib.get_sampler(name)
+
+        def chain(t):
+            return sample(model, x_T, t, self.ac, generator=mmdlib.generators([4, 5]), **options)
+
+        assert torch.autograd.gradcheck(chain, (t,), eps=1e-6, atol=1e-7, rtol=1e-5)
+        ends = torch.tensor([0.0, 420.0, 999.0], dtype=torch.float64, requires_grad=True)  # integers and both ends
+        chain(ends).sum().backward()
+        assert torch.isfinite(ends.grad).all() and (ends.grad != 0).all()

@@ -4,6 +4,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import mmdlib
+from mmdlib.schedules import alpha_bar, check_timesteps
 
 
 def test_linear_betas_match_numpy_and_diffusers():
@@ -70,3 +71,30 @@ def test_trailing_spacing_is_what_every_diffusers_scheduler_visits(T):
         for sched in schedulers:
             sched.set_timesteps(budget)
             assert sorted(sched.timesteps.tolist()) == steps, (type(sched).__name__, budget)
+
+
+def test_alpha_bar_between_integers_is_the_table_at_them_and_differentiable_in_between():
+    ac = mmdlib.alphas_cumprod(mmdlib.linear_betas())
+    t = torch.arange(1000, dtype=torch.float64)
+    torch.testing.assert_close(alpha_bar(t, ac), ac, rtol=1e-12, atol=0)
+    # in between: log alpha_bar is linear, and the gradient is its slope (a finite difference checks it)
+    t = torch.tensor([0.3, 17.5, 500.25, 998.9], dtype=torch.float64, requires_grad=True)
+    a = alpha_bar(t, ac)
+    lo = t.detach().floor().long()
+    want = torch.exp(torch.log(ac[lo]) + (t.detach() - lo) * (torch.log(ac[lo + 1]) - torch.log(ac[lo])))
+    torch.testing.assert_close(a.detach(), want, rtol=1e-12, atol=0)
+    a.sum().backward()
+    h = 1e-6
+    fd = (alpha_bar(t.detach() + h, ac) - alpha_bar(t.detach() - h, ac)) / (2 * h)
+    torch.testing.assert_close(t.grad, fd, rtol=1e-6, atol=0)
+
+
+def test_real_valued_timesteps_are_checked_like_integers():
+    with pytest.raises(mmdlib.MMDLibError, match="strictly ascending"):
+        check_timesteps(torch.tensor([5.0, 3.0], dtype=torch.float64), 1000)
+    with pytest.raises(mmdlib.MMDLibError, match="must lie in 0..999"):
+        check_timesteps(torch.tensor([5.0, 999.5], dtype=torch.float64), 1000)
+    with pytest.raises(mmdlib.MMDLibError, match="finite numbers"):
+        check_timesteps(torch.tensor([5.0, float("nan")]), 1000)
+    t = torch.tensor([0.5, 998.0], dtype=torch.float64, requires_grad=True)
+    assert check_timesteps(t, 1000) is t  # kept as it is, gradient and all

@@ -8,7 +8,7 @@ import torch
 from helpers import make_tiny_unet
 
 import mmdlib
-import mmdlib.finetune
+import mmdlib.training
 from mmdlib.finetune import FinetuneConfig, Finetuner
 from mmdlib.speed import MARGIN, Speed, chain_peak, plan_checkpointing, resolve_speed, saved_bytes
 from mmdlib.models import LoadedModel
@@ -132,7 +132,7 @@ def test_every_fast_switch_at_once_agrees_with_the_reference(tmp_path, monkeypat
     """The CUDA default (bf16 autocast, channels-last, fused Adam, torch.compile, partial checkpointing) run
     on the CPU: same loss and gradient as fp32 eager within bf16 tolerance, and Adam steps."""
     l32, g32 = _loss_and_grad(tmp_path / "ref", precision="fp32", compile="off", checkpointing="none")
-    monkeypatch.setattr(mmdlib.finetune, "resolve_speed", lambda *a: Speed(True, True, True, True))
+    monkeypatch.setattr(mmdlib.training, "resolve_speed", lambda *a: Speed(True, True, True, True))
     ft = _finetuner(tmp_path / "fast", checkpointing="none")
     ft.memory["checkpointed"] = 2  # of 3: both kinds of step go through the compiled UNet
     assert ft.net is not ft.unet and ft.opt.defaults["fused"]
