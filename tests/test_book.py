@@ -29,9 +29,9 @@ def code_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_there_are_the_six_chapters():
+def test_there_are_the_seven_chapters():
     assert [nb.stem for nb in NOTEBOOKS] == ["1_theory", "2_finetuning", "3_evaluation", "4_feature_spaces",
-                                             "5_ablations", "6_beyond_ddim"]
+                                             "5_ablations", "6_beyond_ddim", "7_learned_timesteps"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -78,9 +78,10 @@ def test_notebooks_take_their_settings_from_a_preset_and_copy_none(path):
     from mmdlib.presets import settings
 
     held = {"model", "dataset", "data_root", "features", "measure", "budget", "sampler", "iterations", "n_samples",
-            "seeds", "many_steps", "many_steps_seeds", "iterations_long", "budgets"}
+            "seeds", "many_steps", "many_steps_seeds", "iterations_long", "timestep_lr", "budgets"}
     assert {"model", "dataset", "data_root", "n_samples", "seeds"} <= set(values), path.name
-    assert all(values[k] is None for k in held & set(values) if not (k == "budgets" and path.stem == "6_beyond_ddim"))
+    # chapters 6 and 7 compare samplers at budgets of their own
+    assert all(values[k] is None for k in held & set(values) if not (k == "budgets" and path.stem[0] in "67"))
     src = "\n".join(c.source for c in code_cells(nb))
     assert "settings(preset, SMOKE," in src and "ex.config(" not in src
     for k in held & set(values) - {"budgets"}:  # each reaches settings() under its own name, or n for n_samples
