@@ -114,6 +114,11 @@ def seconds_per_iteration(cfg: FinetuneConfig, iterations: int = 3) -> float:
     return seconds
 
 
+def training_minutes(runs) -> float:
+    """The training time the finetunes' logs recorded, in minutes (on whatever machine filled the cache)."""
+    return sum(run.log()["seconds"].sum() for run in runs) / 60
+
+
 def scores(run: Run, config: EvalConfig | None = None, progress: bool = True, **settings) -> dict:
     """``evaluate(run.model, ...)`` (FID, KID, precision/recall, IS; mean and std over the evaluation
     seeds), each (budget, seed, space) computed once and cached (``evaluate.score_key``). A run that learnt

@@ -57,9 +57,14 @@ def gaps(base: dict, tuned: dict, many: dict, spaces, budgets) -> dict[str, dict
             for s in spaces}
 
 
+def ratio(new: float, old: float) -> float:
+    """How many times ``old`` ``new`` is (new / old)."""
+    return new / old
+
+
 def relative_change(new: float, old: float) -> float:
     """new / old - 1: below 0 is lower (better, for FID)."""
-    return new / old - 1
+    return ratio(new, old) - 1
 
 
 def best(rows: dict[str, dict], metric: str = "fid") -> str:

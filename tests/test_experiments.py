@@ -184,3 +184,19 @@ def test_the_toy_model_is_trained_once_and_then_loaded_as_it_was(monkeypatch):
     assert losses2 == losses and torch.equal(ac2, ac) and not again.training
     with pytest.raises(pytest.fail.Exception):  # other data: another entry
         toy.trained_toy(data[:200], iterations=20, batch=64, seed=3)
+
+
+def test_a_cached_run_that_learnt_its_timesteps_is_scored_and_sampled_at_them(tiny_folder, monkeypatch):
+    cfg = tiny_cfg(tiny_folder, iterations=2, learn_timesteps=True, timestep_lr=0.2)
+    run = ex.finetuned(cfg, progress=False)
+    learnt = run.learnt()
+    assert learnt[0] == 0 and learnt[1] != 500 and ex.base(tiny_folder).learnt() is None
+    seen = []
+    real_grid = ex.grid_samples
+    monkeypatch.setattr(ex, "grid_samples", lambda *a, **k: seen.append(k["timesteps"]) or real_grid(*a, **k))
+    ex.same_noise_samples(run, 2, n=4)
+    got = ex.scores(run, budgets=[2], dataset="digits", split="test", features=["digits-a"], n=20, seeds=1,
+                    progress=False)
+    assert seen == [learnt] and got[2]["digits-a"]["fid"] > 0
+    assert ex.training_minutes([run]) == pytest.approx(run.log()["seconds"].sum() / 60)
+    assert ex.seconds_per_iteration(tiny_cfg(tiny_folder), iterations=1) > 0
