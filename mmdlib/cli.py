@@ -144,13 +144,15 @@ def cmd_finetune(a: argparse.Namespace) -> None:
     if a.inception_weights is not None and cfg.features not in INCEPTION_SPACES:
         raise MMDLibError(f"--inception-weights is for the Inception spaces ({', '.join(INCEPTION_SPACES)}); the "
                           f"features are {cfg.features!r}.")
+    if a.dinov2_weights is not None and cfg.features != "dinov2":
+        raise MMDLibError(f"--dinov2-weights is for the dinov2 space; the features are {cfg.features!r}.")
     devices.pick_device(cfg.device)  # one this machine has, before any loading
     procs = devices.Processes(cfg.device)
     folder = RunFolder(cfg.out, main=procs.main)  # a usable --out, before any loading
     model = load_model(cfg.model)
     dataset = real_dataset(cfg, model, a.download)
-    extractor = get_feature_extractor(cfg.features, **({"weights_path": a.inception_weights}
-                                                       if a.inception_weights else {}))
+    weights = a.inception_weights or a.dinov2_weights
+    extractor = get_feature_extractor(cfg.features, **({"weights_path": weights} if weights else {}))
     path = finetune(model, dataset, cfg, folder=folder, extractor=extractor, resume=a.resume,
                     overwrite=a.overwrite, processes=procs)
     print(f"finetuned pipeline: {path}")
@@ -166,13 +168,14 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         raise MMDLibError(f"--budgets must be comma-separated integers, e.g. 5,10,20; got {a.budgets!r}.") from None
     cfg = EvalConfig(dataset=a.dataset, split=a.split, data_root=a.data_root, budgets=budgets,
                      features=tuple(a.features.split(",")), n=a.n, seeds=a.seeds, sampler=a.sampler, eta=a.eta,
-                     timestep_spacing=a.timestep_spacing, precision=a.precision).check()
+                     timestep_spacing=a.timestep_spacing, precision=a.precision, reference=a.reference).check()
     out = Path(a.out) if a.out else None
     if out is not None and (out.is_dir() or (out.parent.exists() and not out.parent.is_dir())):
         raise MMDLibError(f"--out {a.out!r} must name a file (the results' JSON), not a folder or a path through a "
                           f"file; nothing was computed.")
     model = load_model(a.model)
-    res = evaluate(model, cfg, inception_weights=a.inception_weights, download=a.download)
+    res = evaluate(model, cfg, inception_weights=a.inception_weights, dinov2_weights=a.dinov2_weights,
+                   download=a.download)
     text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
     if out is not None:
         from .cache import atomic_write
@@ -221,6 +224,7 @@ def _finetune_parser(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
     ft.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file, for the "
                     f"Inception spaces ({', '.join(INCEPTION_SPACES)}) offline")
+    ft.add_argument("--dinov2-weights", default=None, help="local DINOv2 ViT-L/14 weights file, for dinov2 offline")
     ft.set_defaults(func=cmd_finetune)
 
 
@@ -234,7 +238,7 @@ def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--budgets", default=",".join(map(str, e.budgets)), help="comma-separated sampling budgets")
     ev.add_argument("--features", default=",".join(e.features),
                     help="comma-separated feature spaces (inception adds the Inception Score; inception-spatial gives "
-                         "sFID; clip gives FID_CLIP)")
+                         "sFID; clip gives FID_CLIP; dinov2 gives FD_DINOv2)")
     ev.add_argument("--n", type=int, default=e.n, help="generated samples per budget and seed")
     ev.add_argument("--seeds", type=int, default=len(e.seeds),
                     help="number of evaluation seeds, 0..k-1 (mean and std are reported)")
@@ -244,6 +248,9 @@ def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
                     help=HELP["timestep_spacing"])
     add_renamed(ev, "--timestep-spacing", *RENAMED["timestep_spacing"], dest="timestep_spacing")
     ev.add_argument("--inception-weights", default=None, help="local torch-fidelity Inception weights file")
+    ev.add_argument("--dinov2-weights", default=None, help="local DINOv2 ViT-L/14 weights file (for dinov2 offline)")
+    ev.add_argument("--reference", default=None, help="an ADM reference batch (.npz with mu, sigma, mu_s, sigma_s, "
+                    "e.g. VIRTUAL_imagenet64_labeled.npz): FID and sFID against its statistics, as published tables")
     ev.add_argument("--precision", default=e.precision, choices=list(EVAL_PRECISIONS),
                     help="numeric precision; bf16: sample and embed under bf16 autocast (faster on GPUs, not exact)")
     ev.add_argument("--out", default=None, help="also write the JSON here")

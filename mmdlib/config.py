@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 from .devices import check_device_name
 from .errors import MMDLibError
-from .features import FEATURES
+from .features import ADM_STATISTICS, FEATURES
 from .mmd import KERNELS
 from .sampling import SAMPLERS, get_sampler, resolve_spacing
 from .schedules import TIMESTEP_SPACINGS
@@ -162,6 +163,7 @@ class EvalConfig:
     timestep_spacing: str = "auto"  # which |tau| timesteps a budget visits: the sampler's own, or TIMESTEP_SPACINGS
     precision: str = "fp32"  # numeric; "bf16": sample and embed under bf16 autocast (faster on GPUs, not exact)
     timesteps: tuple[float, ...] | None = None  # explicit (e.g. learnt) timesteps, for the one budget they make
+    reference: str | None = None  # an ADM reference batch (.npz): FID and sFID against its statistics
 
     def __post_init__(self):
         if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
@@ -196,4 +198,10 @@ class EvalConfig:
                               f"{list(self.budgets)}.")
         for seed in self.seeds:
             stream_seeds("eval", seed, [0, self.n - 1])
+        if self.reference is not None:
+            if not Path(self.reference).is_file():
+                raise MMDLibError(f"reference {str(self.reference)!r} is not a file (an ADM reference batch, .npz).")
+            if not set(self.features) & set(ADM_STATISTICS):
+                raise MMDLibError(f"a reference batch holds statistics for {', '.join(ADM_STATISTICS)}; none of them "
+                                  f"is among the features {', '.join(self.features)}.")
         return self

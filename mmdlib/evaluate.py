@@ -16,14 +16,14 @@ import torch
 from . import config as _config
 from . import generate as _generate
 from . import metrics as _metrics
-from .cache import cached
+from .cache import cached, file_hash
 from .compat import moved
 from .config import EvalConfig
 from .data import data_options, dataset_images, get_dataset
 from .errors import MMDLibError
 from .features import FeatureExtractor, get_feature_extractor, get_feature_extractors
 from .generate import generate
-from .metrics import METRICS, embed, mean_std, score_features
+from .metrics import METRICS, embed, mean_std, reference_statistics, score_features, score_statistics
 from .models import LoadedModel
 from .sampling import get_sampler
 from .schedules import as_timesteps, timestep_subset
@@ -84,17 +84,21 @@ def _summary(per_seed: dict[str, list[float]]) -> dict:
 
 
 def evaluate(model: LoadedModel, config: EvalConfig | None = None, *, inception_weights: str | None = None,
-             device=None, progress: bool = True, cache: bool = False, download: bool = False,
-             weights_path: str | None = None, **settings) -> dict:
+             dinov2_weights: str | None = None, device=None, progress: bool = True, cache: bool = False,
+             download: bool = False, weights_path: str | None = None, **settings) -> dict:
     """Score a model across budgets in each feature space: FID, KID and precision/recall (mean and std
     over evaluation seeds; all torch-fidelity's implementations), plus the Inception Score where the space
     has a classifier (``inception``; the ``digits-*`` spaces score with their digit classifier). FID in
-    ``inception`` is the standard FID; in ``clip`` it is FID_CLIP; in ``inception-spatial`` it is sFID.
+    ``inception`` is the standard FID; in ``clip`` it is FID_CLIP; in ``inception-spatial`` it is sFID; in
+    ``dinov2`` it is FD_DINOv2. ``reference`` (an ADM reference batch, .npz with ``mu``, ``sigma``, ``mu_s``,
+    ``sigma_s``) scores FID and sFID against its statistics, as published ImageNet and LSUN tables are: those
+    spaces then report FID (and IS), not KID or precision/recall, which need real images.
     ``settings`` override ``config``'s fields (``EvalConfig``). Returns a plain dict
     ``{budget: {space: {"fid": mean, "fid_std": ..., "kid": ..., "precision": ..., "fid_per_seed": [...]}}}``.
     ``precision="bf16"`` samples and embeds under bf16 autocast (faster on GPUs, not exact: keep "fp32" for
     numbers compared with the paper's; the reference features are always computed in fp32).
-    ``inception_weights``: a local torch-fidelity Inception weights file, for the Inception spaces offline.
+    ``inception_weights``: a local torch-fidelity Inception weights file, for the Inception spaces offline;
+    ``dinov2_weights`` a local DINOv2 ViT-L/14 weights file, for ``dinov2``.
     ``cache=True`` keeps each (budget, seed, space)'s scores under $MMDLIB_CACHE (``score_key``), so a
     later call, with any other budgets, seeds or spaces, only computes what is new. ``download=True`` lets
     torchvision fetch a missing dataset."""
@@ -104,12 +108,13 @@ def evaluate(model: LoadedModel, config: EvalConfig | None = None, *, inception_
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps = {b: timestep_subset(b, model.T, cfg.spacing) if cfg.timesteps is None else list(cfg.timesteps)
              for b in cfg.budgets}  # refuses a bad budget first
-    extractors = get_feature_extractors(cfg.features, device, inception_weights)
-    refs = {s: reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw)
-            for s in cfg.features}
+    extractors = get_feature_extractors(cfg.features, device, inception_weights, dinov2_weights)
+    stats = reference_statistics(cfg.reference, {s: extractors[s].dim for s in cfg.features}) if cfg.reference else {}
+    refs = {s: stats[s] if s in stats else
+            reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw) for s in cfg.features}
     identity = model.identity() if cache else None
-    ref_keys = {s: reference_key(cfg.dataset, cfg.split, extractors[s], **data_kw) for s in cfg.features} if cache \
-        else {}
+    ref_keys = {s: {"statistics": file_hash(cfg.reference), "extractor": extractors[s].identity()} if s in stats else
+                reference_key(cfg.dataset, cfg.split, extractors[s], **data_kw) for s in cfg.features} if cache else {}
     options = get_sampler(cfg.sampler).options(cfg.eta)
     results: dict = {}
     for b in cfg.budgets:
@@ -127,7 +132,8 @@ def evaluate(model: LoadedModel, config: EvalConfig | None = None, *, inception_
             for s in cfg.features:
                 def compute(s=s) -> dict:
                     f = embed(extractors[s], images(), device=device, precision=cfg.precision)
-                    return score_features(extractors[s], f, refs[s])
+                    score = score_statistics if s in stats else score_features
+                    return score(extractors[s], f, refs[s])
 
                 if cache:
                     key = score_key(identity, cfg, b, seed, steps[b], ref_keys[s], device)

@@ -2,8 +2,9 @@
 
 Every extractor takes float images [N, C, H, W] in [0, 1], returns [N, D] (``.dim`` = D), is
 differentiable with respect to the images, and has frozen weights. ``metric_features`` is the path the
-metrics use on 8-bit images: the same as the differentiable one, except for CLIP, whose metric path is
-open_clip's own preprocessing (PIL's antialiased bicubic resize) as FID_CLIP computes it.
+metrics use on 8-bit images: the same as the differentiable one, except for CLIP and DINOv2, whose metric
+paths are their reference code's preprocessing (PIL's antialiased bicubic resize): open_clip's, as FID_CLIP
+computes it, and dgm-eval's, as FD_DINOv2 does.
 """
 from __future__ import annotations
 
@@ -15,66 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import weights_hash
+from .dinov2 import DinoV2Features
 from .errors import MMDLibError
+from .extractor import RANGE_TOLERANCE, FeatureExtractor  # noqa: F401  (their public home is here)
 from .pretrain import digits_classifier
-
-RANGE_TOLERANCE = 1e-3
-
-
-class FeatureExtractor(nn.Module):
-    """Base class: input checks, grayscale to RGB where the network needs it, frozen eval-mode weights."""
-
-    dim: int
-    channels: int = 3  # what the network consumes
-    size: int | None = None  # the only input size accepted, if the network has one
-
-    def freeze(self) -> "FeatureExtractor":
-        self.requires_grad_(False)
-        return self.eval()
-
-    def train(self, mode: bool = True) -> "FeatureExtractor":
-        return super().train(False)  # always eval: batch statistics must not leak into the features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(self.checked(images))
-
-    def checked(self, images: torch.Tensor) -> torch.Tensor:
-        """``images`` after the input checks, with 1 channel repeated to RGB where the network needs it."""
-        if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
-            raise MMDLibError(f"{self.name}: images must be a float tensor [N, C, H, W] in [0, 1], got "
-                              f"{getattr(images, 'dtype', type(images).__name__)} of shape "
-                              f"{tuple(getattr(images, 'shape', ()))}.")
-        c = images.shape[1]
-        if c not in (1, 3) or (c == 3 and self.channels == 1):
-            raise MMDLibError(f"{self.name}: expects {self.channels}-channel images (1-channel ones are repeated "
-                              f"to RGB), got {c} channels.")
-        if self.size is not None and images.shape[-2:] != (self.size, self.size):
-            raise MMDLibError(f"{self.name}: expects {self.size}x{self.size} images, got "
-                              f"{images.shape[-2]}x{images.shape[-1]}.")
-        lo, hi = torch.stack(torch.aminmax(images.detach())).tolist()  # one device sync, not two
-        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-            raise MMDLibError(f"{self.name}: images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; map model "
-                              f"outputs x in [-1, 1] with mmdlib.to_unit(x).")
-        return images.expand(-1, 3, -1, -1) if c == 1 and self.channels == 3 else images
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def metric_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Features for the metrics (FID, KID, ...), of 8-bit images given as floats in [0, 1]; no gradient."""
-        with torch.no_grad():
-            return self(images)
-
-    def config(self) -> dict:
-        """What, besides the weights, makes this extractor's features (for cache keys)."""
-        return {}
-
-    def identity(self) -> dict:
-        """Name, config and a hash of the weights: what every cached result computed in this space is keyed by."""
-        if getattr(self, "_weights_hash", None) is None:  # frozen weights: hash once
-            self._weights_hash = weights_hash(self)
-        return {"name": self.name, "class": type(self).__name__, "config": self.config(), "weights": self._weights_hash}
 
 
 # --- Inception-V3 (torch-fidelity) ---------------------------------------------------------------------
@@ -129,12 +74,14 @@ class InceptionFeatures(FeatureExtractor):
 
 
 class InceptionSpatialFeatures(InceptionFeatures):
-    """sFID's space (Nash et al. 2021, as the ADM evaluation suite computes it): the first 7 channels of the
-    17x17 ``mixed_6/conv`` activations of the same TF1 Inception graph, flattened (7 x 17 x 17 = 2023). In
-    torch-fidelity's port, ``mixed_6`` is ``Mixed_6d`` and its ``conv`` the 1x1 branch (``branch1x1``: conv,
-    batch norm, ReLU). FID in this space is sFID; it has no classifier, so no Inception Score."""
+    """sFID's space (Nash et al. 2021) as the ADM evaluation suite computes it: the first 7 channels of the
+    17x17 ``mixed_6/conv`` activations of the same TF1 Inception graph, flattened in ADM's order (TensorFlow's
+    NHWC: position first, then channel; 17 x 17 x 7 = 2023), so that statistics are exchangeable with ADM's
+    reference batches (``evaluate(reference=...)``). In torch-fidelity's port ``mixed_6`` is ``Mixed_6d`` and
+    its ``conv`` the 1x1 branch (``branch1x1``: conv, batch norm, ReLU). FID in this space is sFID; it has no
+    classifier, so no Inception Score."""
 
-    name, dim = "inception-spatial", 7 * 17 * 17
+    name, dim = "inception-spatial", 17 * 17 * 7
     logits = None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -145,11 +92,12 @@ class InceptionSpatialFeatures(InceptionFeatures):
         x = (x - 128) / 128
         for name in _INCEPTION_LAYERS[:_INCEPTION_LAYERS.index("Mixed_6d")]:  # up to Mixed_6d's input
             x = getattr(self.net, name)(x)
-        return self.net.Mixed_6d.branch1x1(x)[:, :7].flatten(1).to(torch.float32)
+        x = self.net.Mixed_6d.branch1x1(x)[:, :7]  # [N, 7, 17, 17]
+        return x.permute(0, 2, 3, 1).flatten(1).to(torch.float32)  # ADM's [N, 17, 17, 7] reshaped
 
     def config(self) -> dict:
         return {"torch_fidelity": "inception-v3-compat", "layer": "Mixed_6d.branch1x1[:7] (mixed_6/conv)",
-                "resize": "tf1-bilinear-299"}
+                "resize": "tf1-bilinear-299", "order": "NHWC (ADM)"}
 
 
 def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
@@ -263,12 +211,17 @@ FEATURES: dict[str, Callable[..., FeatureExtractor]] = {
     "inception": InceptionFeatures,
     "inception-spatial": InceptionSpatialFeatures,  # sFID
     "clip": ClipFeatures,
+    "dinov2": DinoV2Features,  # FD_DINOv2
     "digits-a": lambda **kw: DigitsFeatures("digits-a", **kw),
     "digits-b": lambda **kw: DigitsFeatures("digits-b", **kw),
 }
 
 
 INCEPTION_SPACES = ("inception", "inception-spatial")  # the spaces torch-fidelity's Inception weights make
+# the FID statistics an ADM reference batch (openai's guided-diffusion evaluator, VIRTUAL_imagenet64_labeled.npz
+# and friends) holds for each space: (mean, covariance) keys
+ADM_STATISTICS = {"inception": ("mu", "sigma"), "inception-spatial": ("mu_s", "sigma_s")}
+WEIGHTS_FLAGS = {**{s: "inception_weights" for s in INCEPTION_SPACES}, "dinov2": "dinov2_weights"}  # local files
 
 
 def get_feature_extractor(name: str, **kw) -> FeatureExtractor:
@@ -278,9 +231,10 @@ def get_feature_extractor(name: str, **kw) -> FeatureExtractor:
     return FEATURES[name](**kw)
 
 
-def get_feature_extractors(spaces, device=None, inception_weights: str | None = None) -> dict[str, FeatureExtractor]:
+def get_feature_extractors(spaces, device=None, inception_weights: str | None = None,
+                           dinov2_weights: str | None = None) -> dict[str, FeatureExtractor]:
     """The extractor of each space in ``spaces``, on ``device``; ``inception_weights`` (a local torch-fidelity
-    weights file) goes to every space in ``INCEPTION_SPACES``."""
-    local = {"weights_path": inception_weights} if inception_weights else {}
-    return {s: get_feature_extractor(s, **(local if s in INCEPTION_SPACES else {})).to(device or "cpu")
-            for s in spaces}
+    weights file) goes to every space in ``INCEPTION_SPACES``, ``dinov2_weights`` to ``dinov2``."""
+    files = {"inception_weights": inception_weights, "dinov2_weights": dinov2_weights}
+    return {s: get_feature_extractor(s, **({"weights_path": files[WEIGHTS_FLAGS[s]]} if files.get(WEIGHTS_FLAGS.get(s))
+                                           else {})).to(device or "cpu") for s in spaces}

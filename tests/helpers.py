@@ -67,3 +67,6 @@ class TinyFeatures(mmdlib.FeatureExtractor):
 
     def features(self, x):
         return self.conv(x).relu().mean((2, 3))
+
+
+DINOV2_SHAPE = (1024, 24, 16, 37)  # ViT-L/14: width, depth, heads, and 37x37 patches at 518

@@ -3,8 +3,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import mmdlib
 from mmdlib.cli import main
 
 
@@ -17,7 +19,7 @@ def run_cli(*args):
                   "--batch-size", "--iterations", "--lr", "--seed", "--out", "--resume", "--overwrite",
                   "--checkpointing", "--memory-gib", "--precision", "--compile"]),
     ("evaluate", ["--model", "--budgets", "--features", "--n", "--seeds", "--inception-weights", "--precision",
-                  "--timestep-spacing"]),
+                  "--timestep-spacing", "--reference", "--dinov2-weights"]),
     ("demo", ["--out", "--budget", "--iterations"]),
 ])
 def test_help_lists_every_flag_with_its_default(cmd, flags):
@@ -134,6 +136,31 @@ def test_evaluate_end_to_end_via_cli(tmp_path, capsys):
                      (["--seeds", "0"], "seeds must be >= 1"), (["--sampler", "euler"], "unknown sampler 'euler'")):
         assert main([*args[:-2], *bad]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_evaluate_scores_fd_dinov2_and_fid_sfid_against_an_adm_reference_batch_via_cli(
+        tmp_path, capsys, monkeypatch, inception_weights, dinov2_file):
+    from helpers import make_tiny_unet
+
+    from mmdlib.data import TensorImages
+    from mmdlib.export import save_pipeline
+
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("mmdlib.evaluate.get_dataset", lambda *a, **k: TensorImages(
+        mmdlib.digits_dataset("test").images[:6]))  # ViT-L and Inception are slow on a CPU: few real images
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 2048))
+    b = rng.normal(size=(50, 2023))
+    np.savez(tmp_path / "VIRTUAL_tiny.npz", mu=a.mean(0), sigma=np.cov(a, rowvar=False), mu_s=b.mean(0),
+             sigma_s=np.cov(b, rowvar=False))
+    folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=1)
+    assert main(["evaluate", "--model", str(folder), "--budgets", "1", "--n", "4", "--seeds", "1",
+                 "--features", "inception,inception-spatial,dinov2", "--reference", str(tmp_path / "VIRTUAL_tiny.npz"),
+                 "--inception-weights", str(inception_weights), "--dinov2-weights", str(dinov2_file)]) == 0
+    res = json.loads(capsys.readouterr().out)["1"]
+    assert set(res) == {"inception", "inception-spatial", "dinov2"}
+    assert "kid" not in res["inception"] and "is" in res["inception"] and "kid" in res["dinov2"]  # dinov2: the data
+    assert all(np.isfinite(res[s]["fid"]) for s in res)
 
 
 def test_flags_not_given_come_from_the_preset_named_like_the_dataset():

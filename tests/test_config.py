@@ -28,7 +28,7 @@ def test_every_setting_declares_its_group_and_only_method_settings_and_precision
 
 
 @pytest.mark.parametrize("kw,msg", [
-    ({"features": "vgg"}, "unknown features 'vgg'; known: inception, inception-spatial, clip, digits-a, digits-b"),
+    ({"features": "vgg"}, "unknown features 'vgg'; known: inception, inception-spatial, clip, dinov2, digits-a, digits-b"),
     ({"kernel": "gauss"}, "unknown kernel 'gauss'; known: linear, cubic, rbf"),
     ({"sampler": "euler"}, "unknown sampler 'euler'; known: ddim, ddpm, dpmpp2m, unipc"),
     ({"timestep_spacing": "cosine"}, "unknown timestep_spacing 'cosine'; known: auto, linear, quadratic, trailing"),

@@ -47,7 +47,7 @@ def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path,
 
     # 30 real images, in a cache of this test's own: Inception at 299x299 is slow on a CPU
     monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("mmdlib.data.get_dataset", lambda *a, **k: TensorImages(
+    monkeypatch.setattr("mmdlib.evaluate.get_dataset", lambda *a, **k: TensorImages(
         mmdlib.digits_dataset("test").images[:30]))
     write_random_inception_weights(tmp_path / "w.pth")
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
@@ -69,7 +69,7 @@ def test_evaluation_settings_are_checked_before_any_work(monkeypatch):
     for bad, msg in (({"n": 1}, "n must be >= 2"), ({"seeds": 0}, "seeds must be >= 1"),
                      ({"features": ("vgg",)}, "unknown feature space 'vgg'"), ({"sampler": "euler"}, "unknown sampler"),
                      ({"sampler": "ddpm", "eta": 0.3}, "applies to the ddim sampler only"),
-                     ({"budgets": (5, 0)}, "budgets must be sampling step counts >= 1, got \[5, 0\]"),
+                     ({"budgets": (5, 0)}, r"budgets must be sampling step counts >= 1, got \[5, 0\]"),
                      ({"budgets": (5, 1001)}, "budget must be an integer in 1..T=1000, got 1001"),
                      ({"precision": "fp16"}, "unknown evaluation precision 'fp16'")):
         with pytest.raises(mmdlib.MMDLibError, match=msg):
@@ -88,3 +88,88 @@ def test_reference_features_are_keyed_by_the_extractors_weights(monkeypatch):
     assert not torch.equal(f1, f2)
     with pytest.raises(mmdlib.MMDLibError, match="the extractor given is 'digits-a', not the space 'digits-b'"):
         reference_features("digits", "test", "digits-b", fx)
+
+
+def adm_statistics(pool: np.ndarray, mixed_6_conv_nchw: np.ndarray) -> dict[str, np.ndarray]:
+    """ADM's evaluator statistics, in numpy, from Inception's pool_3 [N, 2048] and mixed_6/conv activations (as
+    torch lays them out, [N, C, 17, 17]): TensorFlow's NHWC tensor, its first 7 channels, reshaped per image."""
+    spatial = np.transpose(mixed_6_conv_nchw, (0, 2, 3, 1))[..., :7].reshape(len(pool), -1)
+    return {"mu": pool.mean(0), "sigma": np.cov(pool, rowvar=False),
+            "mu_s": spatial.mean(0), "sigma_s": np.cov(spatial, rowvar=False)}
+
+
+def test_an_adm_reference_batch_is_scored_against_in_adms_own_layout(tmp_path, monkeypatch, inception_weights):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from mmdlib import metrics
+
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("mmdlib.evaluate.reference_features", lambda *a, **k: pytest.fail("read the dataset"))
+    u8 = torch.round(mmdlib.digits_dataset("test").images[:8] * 255).to(torch.uint8).expand(-1, 3, -1, -1)
+    # the reference batch, written without mmdlib: torch-fidelity's network, ADM's layout and statistics
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(inception_weights))
+    with torch.no_grad():
+        pool = net(u8)[0].double().numpy()
+        x = (interpolate_bilinear_2d_like_tensorflow1x(u8.float(), size=(299, 299), align_corners=False) - 128) / 128
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                     "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c"):
+            x = getattr(net, name)(x)
+        conv = net.Mixed_6d.branch1x1(x).double().numpy()
+    stats = adm_statistics(pool, conv)
+    np.savez(tmp_path / "ref.npz", arr_0=u8.permute(0, 2, 3, 1).numpy(), **stats)
+    # our spatial features are ADM's vector, element for element
+    ours = mmdlib.get_feature_extractor("inception-spatial", weights_path=inception_weights)
+    np.testing.assert_allclose(ours(u8.float() / 255).double().numpy(),
+                               np.transpose(conv, (0, 2, 3, 1))[..., :7].reshape(8, -1), rtol=1e-5, atol=1e-5)
+    # evaluate scores each Inception space against the file's statistics, never the dataset
+    seen = {}
+    real_score = metrics.score_statistics
+    monkeypatch.setattr("mmdlib.evaluate.score_statistics",
+                        lambda e, f, ref: seen.setdefault(e.name, (f, ref)) and real_score(e, f, ref))
+    m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
+    res = evaluate(m, dataset="digits", split="test", budgets=(1,), features=("inception", "inception-spatial"), n=4,
+                   seeds=1, inception_weights=inception_weights, reference=str(tmp_path / "ref.npz"), progress=False)[1]
+    for space, (mu, sigma) in (("inception", ("mu", "sigma")), ("inception-spatial", ("mu_s", "sigma_s"))):
+        f, ref = seen[space]
+        assert np.array_equal(ref["mu"], stats[mu]) and np.array_equal(ref["sigma"], stats[sigma])
+        assert res[space]["fid"] == pytest.approx(real_score(ours if space != "inception" else
+                                                             mmdlib.get_feature_extractor("inception", weights_path=
+                                                                                          inception_weights), f, ref)["fid"])
+        assert "kid" not in res[space] and f.shape == (4, ours.dim if space != "inception" else 2048)
+    assert set(res["inception"]) >= {"fid", "is"} and "is" not in res["inception-spatial"]
+
+
+def test_fid_against_statistics_is_the_frechet_distance_to_them():
+    from scipy import linalg
+
+    from mmdlib.metrics import fid_from_statistics, statistics
+
+    rng = np.random.default_rng(0)
+    f = torch.from_numpy(rng.normal(size=(300, 5)).astype(np.float32))
+    ref = {"mu": rng.normal(size=5), "sigma": np.cov(rng.normal(1, 2, size=(200, 5)), rowvar=False)}  # float64
+    a = f.double().numpy()
+    m, s = a.mean(0), np.cov(a, rowvar=False)
+    expected = ((m - ref["mu"]) ** 2).sum() + np.trace(s + ref["sigma"] - 2 * linalg.sqrtm(s @ ref["sigma"]).real)
+    assert fid_from_statistics(statistics(f), ref) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_bad_reference_batch_gets_a_clear_message_before_any_sampling(tmp_path, monkeypatch):
+    from mmdlib.metrics import reference_statistics
+
+    np.savez(tmp_path / "other.npz", arr_0=np.zeros(3))
+    np.savez(tmp_path / "shape.npz", mu=np.zeros(5), sigma=np.eye(5))
+    np.savez(tmp_path / "nan.npz", mu_s=np.full(2023, np.nan), sigma_s=np.eye(2023))
+    (tmp_path / "text.npz").write_text("not an archive")
+    dims = {"inception": 2048, "inception-spatial": 2023}
+    for path, msg in (("other.npz", "holds none of the statistics asked for .*its keys: arr_0"),
+                      ("shape.npz", r"mu and sigma must be finite, of shapes \(2048,\)"),
+                      ("nan.npz", "mu_s and sigma_s must be finite"), ("text.npz", "is not a NumPy .npz file")):
+        with pytest.raises(mmdlib.MMDLibError, match=msg):
+            reference_statistics(tmp_path / path, dims)
+    monkeypatch.setattr("mmdlib.evaluate.get_feature_extractors", lambda *a, **k: pytest.fail("work before the check"))
+    m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
+    for features, path, msg in ((("inception",), "missing.npz", "is not a file"),
+                                (("digits-b",), "other.npz", "none of them is among the features digits-b")):
+        with pytest.raises(mmdlib.MMDLibError, match=msg):
+            evaluate(m, dataset="digits", features=features, reference=str(tmp_path / path), progress=False)

@@ -45,6 +45,9 @@ def test_settings_override_each_config_where_the_setting_lives_and_none_keeps_th
         "folder", "data/x", 10, (0, 1))
     assert (s.measure, s.many_steps) == ("inception-spatial", 50)
     assert settings("digits") == get_preset("digits")
+    # the notebooks' way to an ADM reference batch and FD_DINOv2: evaluation settings like any other
+    s = settings("imagenet64", reference="VIRTUAL_imagenet64_labeled.npz", measure="dinov2")
+    assert s.evaluation.reference == "VIRTUAL_imagenet64_labeled.npz" and "dinov2" in s.evaluation.features
 
 
 @pytest.mark.parametrize("kw,msg", [
