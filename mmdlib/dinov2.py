@@ -79,10 +79,9 @@ class DinoV2Features(FeatureExtractor):
     def metric_features(self, images: torch.Tensor) -> torch.Tensor:
         from PIL import Image
 
-        u8 = torch.round(self.checked(images).detach().clamp(0, 1) * 255).to(torch.uint8).cpu().permute(0, 2, 3, 1)
         s = (self.input_size, self.input_size)
-        x = torch.stack([torch.from_numpy(np.array(Image.fromarray(im.numpy()).resize(s, Image.BICUBIC)))
-                         for im in u8]).permute(0, 3, 1, 2).float().div(255).to(self.mean.device)
+        x = torch.stack([torch.from_numpy(np.array(im.resize(s, Image.BICUBIC))) for im in self.pil_images(images)])
+        x = x.permute(0, 3, 1, 2).float().div(255).to(self.mean.device)
         return self.net((x - self.mean) / self.std).float()
 
 

@@ -21,7 +21,7 @@ from .compat import moved
 from .config import EvalConfig
 from .data import data_options, dataset_images, get_dataset
 from .errors import MMDLibError
-from .features import FeatureExtractor, get_feature_extractor, get_feature_extractors
+from .features import ADM_STATISTICS, FEATURES, FeatureExtractor, get_feature_extractor, get_feature_extractors
 from .generate import generate
 from .metrics import METRICS, embed, mean_std, reference_statistics, score_features, score_statistics
 from .models import LoadedModel
@@ -108,12 +108,14 @@ def evaluate(model: LoadedModel, config: EvalConfig | None = None, *, inception_
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps = {b: timestep_subset(b, model.T, cfg.spacing) if cfg.timesteps is None else list(cfg.timesteps)
              for b in cfg.budgets}  # refuses a bad budget first
+    stats = reference_statistics(cfg.reference, {s: FEATURES[s].dim for s in cfg.features if s in ADM_STATISTICS}) \
+        if cfg.reference else {}  # a bad file is refused before any network loads
     extractors = get_feature_extractors(cfg.features, device, inception_weights, dinov2_weights)
-    stats = reference_statistics(cfg.reference, {s: extractors[s].dim for s in cfg.features}) if cfg.reference else {}
     refs = {s: stats[s] if s in stats else
             reference_features(cfg.dataset, cfg.split, s, extractors[s], device=device, **data_kw) for s in cfg.features}
     identity = model.identity() if cache else None
-    ref_keys = {s: {"statistics": file_hash(cfg.reference), "extractor": extractors[s].identity()} if s in stats else
+    stats_hash = file_hash(cfg.reference) if cache and stats else None  # read once, whatever the spaces
+    ref_keys = {s: {"statistics": stats_hash, "extractor": extractors[s].identity()} if s in stats else
                 reference_key(cfg.dataset, cfg.split, extractors[s], **data_kw) for s in cfg.features} if cache else {}
     options = get_sampler(cfg.sampler).options(cfg.eta)
     results: dict = {}

@@ -51,6 +51,14 @@ class FeatureExtractor(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def pil_images(self, images: torch.Tensor) -> list:
+        """``images`` (checked, in [0, 1]) as 8-bit RGB PIL images: the input of the metric paths that run their
+        reference code's own PIL preprocessing."""
+        from PIL import Image
+
+        u8 = torch.round(self.checked(images).detach().clamp(0, 1) * 255).to(torch.uint8).cpu()
+        return [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in u8]
+
     def metric_features(self, images: torch.Tensor) -> torch.Tensor:
         """Features for the metrics (FID, KID, ...), of 8-bit images given as floats in [0, 1]; no gradient."""
         with torch.no_grad():

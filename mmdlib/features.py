@@ -55,12 +55,17 @@ class InceptionFeatures(FeatureExtractor):
                               "in Python).") from e
         self.freeze()
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def tf1_input(self, images: torch.Tensor) -> torch.Tensor:
+        """torch-fidelity's input steps on x in [0, 1]: to [0, 255], its TF1-compatible bilinear resize to 299,
+        (x - 128) / 128."""
         from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
         x = images.to(self.net.feature_extractor_internal_dtype) * 255
         x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
-        x = (x - 128) / 128
+        return (x - 128) / 128
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.tf1_input(images)
         for name in _INCEPTION_LAYERS:
             x = getattr(self.net, name)(x)
         return torch.flatten(x, 1).to(torch.float32)
@@ -85,11 +90,7 @@ class InceptionSpatialFeatures(InceptionFeatures):
     logits = None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
-
-        x = images.to(self.net.feature_extractor_internal_dtype) * 255
-        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
-        x = (x - 128) / 128
+        x = self.tf1_input(images)
         for name in _INCEPTION_LAYERS[:_INCEPTION_LAYERS.index("Mixed_6d")]:  # up to Mixed_6d's input
             x = getattr(self.net, name)(x)
         x = self.net.Mixed_6d.branch1x1(x)[:, :7]  # [N, 7, 17, 17]
@@ -168,10 +169,7 @@ class ClipFeatures(FeatureExtractor):
 
     @torch.no_grad()
     def metric_features(self, images: torch.Tensor) -> torch.Tensor:
-        from PIL import Image
-
-        u8 = torch.round(self.checked(images).detach().clamp(0, 1) * 255).to(torch.uint8).cpu()
-        x = torch.stack([self.preprocess(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in u8])
+        x = torch.stack([self.preprocess(im) for im in self.pil_images(images)])
         return self.net.encode_image(x.to(self.mean.device)).float()
 
 
@@ -236,5 +234,8 @@ def get_feature_extractors(spaces, device=None, inception_weights: str | None = 
     """The extractor of each space in ``spaces``, on ``device``; ``inception_weights`` (a local torch-fidelity
     weights file) goes to every space in ``INCEPTION_SPACES``, ``dinov2_weights`` to ``dinov2``."""
     files = {"inception_weights": inception_weights, "dinov2_weights": dinov2_weights}
-    return {s: get_feature_extractor(s, **({"weights_path": files[WEIGHTS_FLAGS[s]]} if files.get(WEIGHTS_FLAGS.get(s))
-                                           else {})).to(device or "cpu") for s in spaces}
+    out = {}
+    for s in spaces:
+        path = files.get(WEIGHTS_FLAGS.get(s))
+        out[s] = get_feature_extractor(s, **({"weights_path": path} if path else {})).to(device or "cpu")
+    return out

@@ -126,10 +126,7 @@ def reference_statistics(path, dims: dict[str, int]) -> dict[str, dict[str, np.n
 def score_statistics(extractor: FeatureExtractor, f_gen: torch.Tensor, reference: dict) -> dict[str, float]:
     """FID of generated features against given statistics (an ADM reference batch), and the Inception Score
     where the space has a classifier: KID and precision/recall need the real features themselves."""
-    scores = {"fid": fid_from_statistics(statistics(f_gen), reference)}
-    if getattr(extractor, "logits", None) is not None:
-        scores["is"] = inception_score(extractor, f_gen)[0]
-    return scores
+    return _with_inception_score({"fid": fid_from_statistics(statistics(f_gen), reference)}, extractor, f_gen)
 
 
 def score_features(extractor: FeatureExtractor, f_gen: torch.Tensor, f_real: torch.Tensor) -> dict[str, float]:
@@ -138,6 +135,11 @@ def score_features(extractor: FeatureExtractor, f_gen: torch.Tensor, f_real: tor
     scores = {"fid": fid_from_features(f_gen, f_real),
               "kid": kid_from_features(f_gen, f_real)[0]}
     scores["precision"], scores["recall"] = precision_recall(f_gen, f_real, METRICS["prc_neighbours"])
-    if getattr(extractor, "logits", None) is not None:  # a space with a classifier
+    return _with_inception_score(scores, extractor, f_gen)
+
+
+def _with_inception_score(scores: dict, extractor: FeatureExtractor, f_gen: torch.Tensor) -> dict:
+    """``scores`` with the Inception Score added where the space has a classifier."""
+    if getattr(extractor, "logits", None) is not None:
         scores["is"] = inception_score(extractor, f_gen)[0]
     return scores
