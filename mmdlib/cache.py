@@ -8,9 +8,11 @@ never by a path or a name), so changed code or a smoke build never hands out an 
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,6 +64,19 @@ def weights_hash(weights) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def check_finite(weights, what: str) -> None:
+    """Refuse a state dict (or a module's) holding a NaN or an infinity, naming the first tensor that does: such
+    weights sample NaN, and every score or loss computed from them would be meaningless."""
+    import torch
+
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    for name, t in state.items():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise MMDLibError(f"{what}: the weight {name!r} holds {bad:,} non-finite value(s) (NaN or infinity), so it "
+                              f"was not used; the file was damaged, or the run that wrote it diverged.")
 
 
 def trained_on(device) -> dict:
@@ -116,12 +131,22 @@ def cached(kind: str, config: dict, build: Callable[[Path], None]) -> Path:
     return final
 
 
+TEMPORARY = ".mmdlib-tmp-"  # atomic_write's temporary files are ".<name>.mmdlib-tmp-<8 of tempfile's characters>"
+
+
+def temporaries(path: Path) -> list[Path]:
+    """The temporary files ``atomic_write(path, ...)`` calls that were killed left beside ``path``: exactly those
+    names, never a user's ``.log.csv-backup``."""
+    pattern = re.compile(re.escape(f".{path.name}{TEMPORARY}") + r"[a-z0-9_]{8}")
+    return [p for p in path.parent.glob(f".{glob.escape(path.name)}{TEMPORARY}*") if pattern.fullmatch(p.name)]
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a reader (or a crash)
     sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY}", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

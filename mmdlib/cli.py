@@ -9,9 +9,12 @@ from pathlib import Path
 
 from . import devices
 from .config import EVAL_PRECISIONS, EvalConfig, FinetuneConfig
-from .errors import MMDLibError
+from .cache import atomic_write
+from .errors import Interrupted, MMDLibError
 from .features import FEATURES, INCEPTION_SPACES
 from .presets import PRESETS, get_preset
+from .outputs import check_output_folder
+from .runfolder import RunFolder, check_resume_overwrite
 from .sampling import SAMPLERS
 
 HELP = {
@@ -26,7 +29,7 @@ HELP = {
     "timestep_spacing": "which |tau| of the T timesteps: auto (the sampler's own: linear for ddim and ddpm, trailing "
                         "for dpmpp2m and unipc), linear (DDIM uniform), quadratic or trailing",
     "sampler": "sampler differentiated through: " + ", ".join(f"{s.name} ({s.title})" for s in SAMPLERS.values()),
-    "eta": "DDIM eta (0 = deterministic DDIM, the paper's setting)",
+    "eta": "DDIM eta in [0, 1] (0 = deterministic DDIM, the paper's setting; 1 = DDPM-like)",
     "batch_size": "generated and real images per iteration",
     "lr": "Adam learning rate",
     "adam_betas": "Adam betas",
@@ -51,7 +54,7 @@ HELP = {
     "out": "output folder: finetuned/ pipeline, checkpoint.pt, log.csv, samples/",
     "save_every": "write checkpoint.pt every N iterations",
     "sample_every": "write a sample grid every N iterations",
-    "workers": "DataLoader workers for real images",
+    "workers": "DataLoader workers for real images (at most the cores: more are capped)",
     "device": "auto, cpu, cuda, cuda:1, ...",
 }
 
@@ -138,9 +141,16 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
 def cmd_finetune(a: argparse.Namespace) -> None:
     from . import get_feature_extractor, load_model  # through the package, where tests stand in for them
     from .finetune import finetune, real_dataset
-    from .runfolder import RunFolder
 
     cfg = config_from_args(a).check()
+    check_resume_overwrite(a.resume, a.overwrite)
+    given = {f for f in ("timestep_lr", "memory_gib") if hasattr(a, f)}  # flags given on the command line
+    if "timestep_lr" in given and not cfg.learn_timesteps:
+        raise MMDLibError("--timestep-lr is the learnt timesteps' learning rate; without --learn-timesteps yes it "
+                          "would be ignored. Add --learn-timesteps yes, or drop it.")
+    if "memory_gib" in given and cfg.checkpointing != "auto":
+        raise MMDLibError(f"--memory-gib is what --checkpointing auto plans within; with --checkpointing "
+                          f"{cfg.checkpointing} it would be ignored. Drop one of them.")
     if a.inception_weights is not None and cfg.features not in INCEPTION_SPACES:
         raise MMDLibError(f"--inception-weights is for the Inception spaces ({', '.join(INCEPTION_SPACES)}); the "
                           f"features are {cfg.features!r}.")
@@ -160,7 +170,7 @@ def cmd_finetune(a: argparse.Namespace) -> None:
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from . import load_model
-    from .evaluate import evaluate
+    from .evaluate import evaluate, results_file, results_json
 
     try:
         budgets = tuple(int(b) for b in a.budgets.split(","))
@@ -169,51 +179,36 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     cfg = EvalConfig(dataset=a.dataset, split=a.split, data_root=a.data_root, budgets=budgets,
                      features=tuple(a.features.split(",")), n=a.n, seeds=a.seeds, sampler=a.sampler, eta=a.eta,
                      timestep_spacing=a.timestep_spacing, precision=a.precision, reference=a.reference).check()
-    out = Path(a.out) if a.out else None
-    if out is not None and (out.is_dir() or (out.parent.exists() and not out.parent.is_dir())):
-        raise MMDLibError(f"--out {a.out!r} must name a file (the results' JSON), not a folder or a path through a "
-                          f"file; nothing was computed.")
+    out = results_file(a.out) if a.out else None
     model = load_model(a.model)
     res = evaluate(model, cfg, inception_weights=a.inception_weights, dinov2_weights=a.dinov2_weights,
                    download=a.download)
-    text = json.dumps({str(k): v for k, v in res.items()}, indent=1)
+    text, undefined = results_json(res)
     if out is not None:
-        from .cache import atomic_write
-
         atomic_write(out, lambda tmp: tmp.write_text(text))
     print(text)
+    if undefined:
+        raise MMDLibError(f"{len(undefined)} score(s) came out NaN or infinite ({', '.join(undefined[:3])}"
+                          f"{', ...' if len(undefined) > 3 else ''}); they are written as null. The samples or "
+                          f"the features were not finite: check the model.")
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from .demo import run_demo
-    from .runfolder import RunFolder
+    from .demo import demo_folder, run_demo
 
+    check_resume_overwrite(a.resume, a.overwrite)
     m = run_demo(a.out, budget=a.budget, iterations=a.iterations, n=a.n, seeds=a.seeds, overwrite=a.overwrite,
-                 resume=a.resume, folder=RunFolder(a.out))
+                 resume=a.resume, folder=demo_folder(a.out))
     print(json.dumps({k: m[k] for k in ("fid_before", "fid_after", "fid_many_steps", "many_steps", "gap_closed",
                                         "feature_space", "budget")}))
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
-    import shutil
-    import tempfile
+    from .convert import convert_to_folder
 
-    from .convert import convert
-    from .runfolder import check_output_folder
-
-    out = check_output_folder(a.out)
-    if out.exists() and any(out.iterdir()) and not a.overwrite:
-        raise MMDLibError(f"{a.out!r} is not empty; pass --overwrite to replace it, or choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # whole or nothing
-    try:
-        convert(a.src, tmp / "model", a.format, a.size, a.heads, a.dropout, a.beta_schedule, a.num_train_timesteps,
-                not a.no_rescale_timesteps)
-        if out.exists():
-            shutil.rmtree(out)
-        (tmp / "model").rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    out = convert_to_folder(a.src, check_output_folder(a.out), a.overwrite, fmt=a.format, size=a.size, heads=a.heads,
+                            dropout=a.dropout, schedule=a.beta_schedule, T=a.num_train_timesteps,
+                            rescale_timesteps=not a.no_rescale_timesteps)
     print(f"wrote {out}: mmdlib.load_model({str(out)!r}) or diffusers.DiffusionPipeline.from_pretrained")
 
 
@@ -239,11 +234,11 @@ def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--features", default=",".join(e.features),
                     help="comma-separated feature spaces (inception adds the Inception Score; inception-spatial gives "
                          "sFID; clip gives FID_CLIP; dinov2 gives FD_DINOv2)")
-    ev.add_argument("--n", type=int, default=e.n, help="generated samples per budget and seed")
+    ev.add_argument("--n", type=int, default=e.n, help="generated samples per budget and seed (10 or more)")
     ev.add_argument("--seeds", type=int, default=len(e.seeds),
-                    help="number of evaluation seeds, 0..k-1 (mean and std are reported)")
+                    help="number of evaluation seeds k (1..256): seeds 0..k-1, mean and std reported")
     ev.add_argument("--sampler", default=e.sampler, help=", ".join(SAMPLERS))
-    ev.add_argument("--eta", type=float, default=e.eta, help="DDIM eta (ddim only)")
+    ev.add_argument("--eta", type=float, default=e.eta, help="DDIM eta in [0, 1] (ddim only)")
     ev.add_argument("--timestep-spacing", dest="timestep_spacing", default=e.timestep_spacing,
                     help=HELP["timestep_spacing"])
     add_renamed(ev, "--timestep-spacing", *RENAMED["timestep_spacing"], dest="timestep_spacing")
@@ -253,7 +248,8 @@ def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
                     "e.g. VIRTUAL_imagenet64_labeled.npz): FID and sFID against its statistics, as published tables")
     ev.add_argument("--precision", default=e.precision, choices=list(EVAL_PRECISIONS),
                     help="numeric precision; bf16: sample and embed under bf16 autocast (faster on GPUs, not exact)")
-    ev.add_argument("--out", default=None, help="also write the JSON here")
+    ev.add_argument("--out", default=None, help="also write the JSON here (a new file, or earlier results it "
+                    "replaces; a score that is not finite is written as null)")
     ev.set_defaults(func=cmd_evaluate)
 
 
@@ -295,7 +291,7 @@ def _convert_parser(co: argparse.ArgumentParser) -> None:
     add_renamed(co, "--num-train-timesteps", "--timesteps", dest="num_train_timesteps", type=int)
     co.add_argument("--no-rescale-timesteps", action="store_true",
                     help="improved-diffusion: feed the network t, not t * 1000 / T")
-    co.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    co.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that convert wrote")
     co.set_defaults(func=cmd_convert)
 
 
@@ -316,11 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what Ctrl-C leaves, where the run does not say more itself (errors.Interrupted)
+INTERRUPTED = {"finetune": "interrupted before the run started; nothing was written.",
+               "demo": "interrupted; rerun the same command with --resume to continue (finished scores are cached).",
+               "evaluate": "interrupted; nothing was written (--out is written when the evaluation completes).",
+               "convert": "interrupted; nothing was written (--out is written whole or not at all)."}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` asks for; bad input is one line and exit 2, Ctrl-C one line and exit 130."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except MMDLibError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(str(e) if isinstance(e, Interrupted) and str(e) else INTERRUPTED[args.command], file=sys.stderr)
+        return 130
     return 0

@@ -9,6 +9,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+from .data import check_root
 from .devices import check_device_name
 from .errors import MMDLibError
 from .features import ADM_STATISTICS, FEATURES
@@ -16,11 +17,14 @@ from .mmd import KERNELS
 from .sampling import SAMPLERS, get_sampler, resolve_spacing
 from .schedules import TIMESTEP_SPACINGS
 from .speed import COMPILE, PRECISIONS
-from .streams import MAX_INDEX, stream_seed, stream_seeds
+from .streams import MAX_INDEX, MAX_SEED, stream_seed, stream_seeds
 
 CHECKPOINTING = ("auto", "all", "none")  # gradient checkpointing: which sampler steps backward recomputes
 TIMESTEP_LR = 0.05  # Adam's lr for learnt timesteps' logits (benchmarks/RESULTS.md: the sweep that chose it)
 EVAL_PRECISIONS = ("fp32", "bf16")
+# the fewest samples every metric is defined on: the Inception Score splits them into 10 parts (metrics.METRICS'
+# is_splits) and precision/recall take each sample's 3 nearest neighbours among the others (prc_neighbours)
+MIN_EVAL_N = 10
 
 
 def _setting(default, group: str, identity: bool | None = None):
@@ -109,6 +113,7 @@ class FinetuneConfig:
         if self.workers < 0:
             raise MMDLibError(f"workers must be >= 0 (0 loads real images in the main process), got {self.workers}.")
         check_device_name(self.device)
+        check_root(self.dataset, self.data_root)
         if not 0 < self.grad_clip < math.inf:
             raise MMDLibError(f"grad_clip (the largest gradient norm) must be a finite number > 0, got "
                               f"{self.grad_clip}; the paper's code clips at 0.5.")
@@ -167,8 +172,9 @@ class EvalConfig:
 
     def __post_init__(self):
         if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
-            if self.seeds < 1:
-                raise MMDLibError(f"seeds must be >= 1 (the number of evaluation seeds), got {self.seeds}.")
+            if not 1 <= self.seeds <= MAX_SEED + 1:
+                raise MMDLibError(f"seeds must be between 1 and {MAX_SEED + 1} (the number of evaluation seeds, used "
+                                  f"as seeds 0..k-1; each is its own stream of samples), got {self.seeds}.")
             self.seeds = tuple(range(self.seeds))
         self.seeds, self.budgets = tuple(int(s) for s in self.seeds), tuple(int(b) for b in self.budgets)
         self.features = (self.features,) if isinstance(self.features, str) else tuple(self.features)
@@ -182,8 +188,10 @@ class EvalConfig:
 
     def check(self) -> "EvalConfig":
         """Refuse bad values with a message naming the value and what is allowed, before any work."""
-        if self.n < 2:
-            raise MMDLibError(f"n must be >= 2 generated samples per budget and seed, got {self.n}.")
+        if self.n < MIN_EVAL_N:
+            raise MMDLibError(f"n must be >= {MIN_EVAL_N} generated samples per budget and seed (the Inception Score "
+                              f"splits them into 10 parts; precision and recall need 3 neighbours each), got {self.n}; "
+                              f"published scores use 5,000 to 50,000.")
         if not self.seeds or not self.budgets or not self.features:
             raise MMDLibError("seeds, budgets and features must each name at least one value.")
         if min(self.budgets) < 1:
@@ -191,6 +199,7 @@ class EvalConfig:
         for s in self.features:
             _known("feature space", s, FEATURES)
         _known("evaluation precision", self.precision, EVAL_PRECISIONS)
+        check_root(self.dataset, self.data_root)
         get_sampler(self.sampler).options(self.eta)
         resolve_spacing(self.sampler, self.timestep_spacing)  # a known spacing
         if self.timesteps is not None and self.budgets != (len(self.timesteps),):

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .cache import cached, file_hash
-from .errors import MMDLibError
-from .export import save_pipeline
+from .cache import cached, check_finite, file_hash
+from .errors import MMDLibError, unreadable
+from .export import save_pipeline, write_folder
 from .schedules import SCHEDULES, alphas_cumprod
 
 
@@ -57,9 +57,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         raise MMDLibError(f"no checkpoint file at {str(path)!r}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or pickled objects beyond tensors and containers
-        raise MMDLibError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}).") from None
+    except Exception as e:  # truncated, empty, not a torch file, or pickled objects beyond tensors and containers
+        raise unreadable(path, "a checkpoint", e) from None
     if isinstance(obj, (list, tuple)):
         states = [i for i, o in enumerate(obj) if _is_state(o)]
         if not states:
@@ -293,6 +292,7 @@ def convert(src: str | Path, out: str | Path, fmt: str | None = None, size: int 
     ``convert_state``'s, ``fmt`` None detects the format. ``mmdlib.json`` records the source file's SHA-256
     and which weights were taken."""
     state, taken = read_checkpoint(src)
+    check_finite(state, f"the checkpoint {str(src)!r}")
     fmt = fmt or detect_format(state)
     unet, ac = convert_state(state, fmt, size, heads, dropout, schedule, T, rescale_timesteps)
     if verbose:
@@ -302,6 +302,12 @@ def convert(src: str | Path, out: str | Path, fmt: str | None = None, size: int 
                                "heads": heads if fmt == "improved-diffusion" else None,
                                "dropout": unet.config.dropout}}
     return save_pipeline(unet, out, alphas_cumprod=ac, meta=meta)
+
+
+def convert_to_folder(src: str | Path, out: str | Path, overwrite: bool = False, **settings) -> Path:
+    """``convert`` into ``out`` whole or not at all (``export.write_folder``): a non-empty ``out`` is replaced
+    only with ``overwrite`` and only when convert wrote it (its mmdlib.json records ``converted_from``)."""
+    return write_folder(out, lambda tmp: convert(src, tmp, **settings), overwrite, "converted_from")
 
 
 def converted(src: str | Path, fmt: str | None = None, size: int | None = None, heads: int = 4,

@@ -283,6 +283,21 @@ def get_dataset(name: str, split: str = "train", **kw) -> Dataset:
     return DATASETS[name](split=split, **kw)
 
 
+EMBEDDED = ("digits",)  # datasets that ship inside a package: no files, so no root
+
+
+def check_root(name: str, root: str | None) -> None:
+    """Refuse a data root that would be ignored: for an embedded dataset, or a dataset named by its folder."""
+    if root is None:
+        return
+    if name in EMBEDDED:
+        raise MMDLibError(f"the {name} dataset is embedded (no files to find), so --data-root {root!r} would be "
+                          f"ignored; drop it, or name a dataset read from files (--dataset folder --data-root DIR).")
+    if name not in DATASETS:
+        raise MMDLibError(f"the dataset is the folder {name!r} itself, so --data-root {root!r} would be ignored; pass "
+                          f"--dataset folder --data-root DIR, or the folder alone.")
+
+
 def data_options(name: str, root: str | None = None, download: bool = False, channels: int | None = None) -> dict:
     """The keyword arguments ``get_dataset(name, ...)`` takes from run settings: where the data lives, whether
     torchvision may download it, and for a folder of images the channels to read it with (give the model's:

@@ -23,6 +23,14 @@ DEMO = PRESET.finetune
 MEASURED_IN = PRESET.measure
 
 
+DEMO_FILES = ("metrics.json", "samples_before_*steps.png", "samples_after_*steps.png", "samples_real.png")
+
+
+def demo_folder(out: str | Path) -> RunFolder:
+    """The demo's output folder: a run's folder that also holds the demo's metrics, grids and base model."""
+    return RunFolder(out, files=DEMO_FILES, pipelines=("base",))
+
+
 def run_demo(out: str | Path, budget: int = DEMO.budget, iterations: int = DEMO.iterations,
              n: int = PRESET.evaluation.n, seeds: int = len(PRESET.evaluation.seeds), overwrite: bool = False,
              resume: bool = False, progress: bool = True, folder: RunFolder | None = None) -> dict:
@@ -38,14 +46,20 @@ def run_demo(out: str | Path, budget: int = DEMO.budget, iterations: int = DEMO.
     many = PRESET.many_steps
     evaluation = dataclasses.replace(PRESET.evaluation, n=n, seeds=seeds).check()
     base = load_model("digits")
-    ft = Finetuner(base, digits_dataset(cfg.split), cfg, folder, resume=resume, overwrite=overwrite,
-                   progress=progress)  # opens `out` first; trains its own copy of the weights
-    before = evaluate(base, evaluation, budgets=(budget,), progress=progress, cache=True)
-    many_seeds = evaluation.seeds[:PRESET.many_steps_seeds]
-    at_many = evaluate(base, evaluation, budgets=(many,), seeds=many_seeds, progress=progress, cache=True)
+    ft = Finetuner(base, digits_dataset(cfg.split), cfg, folder or demo_folder(out), resume=resume,
+                   overwrite=overwrite, progress=progress)  # opens `out` first; trains its own copy of the weights
+    try:
+        before = evaluate(base, evaluation, budgets=(budget,), progress=progress, cache=True)
+        many_seeds = evaluation.seeds[:PRESET.many_steps_seeds]
+        at_many = evaluate(base, evaluation, budgets=(many,), seeds=many_seeds, progress=progress, cache=True)
+    except BaseException:  # nothing written yet: leave the folder as it was
+        ft.folder.unlock()
+        if ft.fresh:
+            ft.folder.discard()
+        raise
+    ft.run()  # on its own copy of the weights: `base` is as it was
     save_pipeline(base.unet, out / "base", budget, base.alphas_cumprod)
     save_grid(grid_samples(base, budget), out / f"samples_before_{budget}steps.png")
-    ft.run()
     after = evaluate(ft.model, evaluation, budgets=(budget,), progress=progress, cache=True)
     save_grid(grid_samples(ft.model, budget), out / f"samples_after_{budget}steps.png")
     save_grid(digits_dataset("all").images[:64], out / "samples_real.png")

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from .cache import file_hash
-from .errors import MMDLibError
+from .errors import MMDLibError, unreadable
 from .extractor import FeatureExtractor
+from .hub import offline_reason
 
 DINOV2_HUB = ("timm/vit_large_patch14_dinov2.lvd142m", "model.safetensors")  # the dinov2_vitl14 weights
 
@@ -24,11 +25,12 @@ def dinov2_weights(weights_path: str | Path | None = None) -> dict[str, torch.Te
     if weights_path is None:
         from huggingface_hub import hf_hub_download
 
+        offline = offline_reason()  # asked once: no retries against a hub that cannot answer
         try:
-            weights_path = Path(hf_hub_download(*DINOV2_HUB))
+            weights_path = Path(hf_hub_download(*DINOV2_HUB, **({"local_files_only": True} if offline else {})))
         except Exception as e:  # offline, or no network: say what to fetch
             raise MMDLibError(f"dinov2: could not download {DINOV2_HUB[1]} of {DINOV2_HUB[0]} from the Hugging "
-                              f"Face hub (offline?). Download it (or dinov2_vitl14_pretrain.pth from "
+                              f"Face hub ({offline or 'offline?'}). Download it (or dinov2_vitl14_pretrain.pth from "
                               f"dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/) on a connected machine and pass "
                               f"--dinov2-weights FILE (weights_path= in Python).") from e
         blob = weights_path.resolve()  # the hub's cache names a large file's blob by its SHA-256
@@ -37,7 +39,11 @@ def dinov2_weights(weights_path: str | Path | None = None) -> dict[str, torch.Te
     path = Path(weights_path)
     if not path.is_file():
         raise MMDLibError(f"dinov2: weights_path {str(path)!r} is not a file.")
-    sd = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                               weights_only=True)
+    except Exception as e:
+        raise unreadable(path, "DINOv2 weights", e) from None
     sd.pop("mask_token", None)  # used in DINOv2's training only
     return sd
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -25,6 +27,7 @@ from .features import ADM_STATISTICS, FEATURES, FeatureExtractor, get_feature_ex
 from .generate import generate
 from .metrics import METRICS, embed, mean_std, reference_statistics, score_features, score_statistics
 from .models import LoadedModel
+from .outputs import check_output_folder
 from .sampling import get_sampler
 from .schedules import as_timesteps, timestep_subset
 
@@ -147,6 +150,51 @@ def evaluate(model: LoadedModel, config: EvalConfig | None = None, *, inception_
                     per[s].setdefault(k, []).append(v)
         results[b] = {s: _summary(per[s]) for s in cfg.features}
     return results
+
+
+def results_file(path: str) -> Path:
+    """``evaluate --out``, checked before any work: a file (not a folder, a link, or a path through a file) in a
+    place that can be written, that is new or holds an earlier evaluation's results (anything else is a user's
+    file, never replaced)."""
+    out = Path(path)
+    if out.is_symlink() or out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+        raise MMDLibError(f"--out {path!r} must name a file (the results' JSON), not a folder, a symbolic link or a "
+                          f"path through a file; nothing was computed.")
+    if out.exists() and not is_results(out):
+        raise MMDLibError(f"--out {path!r} exists and is not an evaluation's results, so it is not replaced; "
+                          f"choose another --out. Nothing was computed.")
+    check_output_folder(out.parent)  # a place where files can be created, probed now, not after the evaluation
+    return out
+
+
+def is_results(path: Path) -> bool:
+    """Whether ``path`` holds what ``evaluate --out`` writes: {budget: {space: {"fid": ...}}}."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(res, dict) and bool(res) and all(
+        k.isdigit() and isinstance(v, dict) and v and all(isinstance(m, dict) and "fid" in m for m in v.values())
+        for k, v in res.items())
+
+
+def results_json(results: dict) -> tuple[str, list[str]]:
+    """(``evaluate``'s results as the JSON ``evaluate --out`` writes, where a score was NaN or infinite): such
+    a score is written as null, since JSON has no NaN and a reader must not take one for a score."""
+    undefined = []
+
+    def clean(x, where):
+        if isinstance(x, dict):
+            return {k: clean(v, f"{where}/{k}") for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, float) and not math.isfinite(x):
+            undefined.append(where.lstrip("/"))
+            return None
+        return x
+
+    text = json.dumps(clean({str(k): v for k, v in results.items()}, ""), indent=1, allow_nan=False)
+    return text, undefined
 
 
 __getattr__ = moved(__name__, {

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -13,6 +17,18 @@ from .schedules import alphas_cumprod as _alphas_cumprod
 from .schedules import check_timesteps, linear_betas, timestep_subset
 
 META_FILE = "mmdlib.json"  # what mmdlib records beside a pipeline: budget, timesteps, sampler, eta, ...
+# the files save_pipeline writes in its folder (glob patterns): all a pipeline folder holds that is mmdlib's
+PIPELINE_FILES = ("model_index.json", META_FILE, "unet/config.json", "unet/diffusion_pytorch_model*.safetensors",
+                  "unet/diffusion_pytorch_model*.safetensors.index.json", "scheduler/scheduler_config.json")
+PIPELINE_FOLDERS = ("unet", "scheduler")
+
+
+def pipeline_files(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """(the files ``save_pipeline`` wrote that ``folder`` holds, its subfolders then ``folder`` itself): what
+    replacing or discarding the pipeline may remove. A file a user put there matches no name and stays."""
+    folder = Path(folder)
+    files = sorted({p for pattern in PIPELINE_FILES for p in folder.glob(pattern)})
+    return files, [folder / name for name in PIPELINE_FOLDERS] + [folder]
 
 
 def _class(name: str):
@@ -97,3 +113,59 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
             **(meta or {})}
     (path / META_FILE).write_text(json.dumps(info, indent=1))
     return path
+
+
+def _refuse_replacing(out: Path, overwrite: bool, marker: str) -> None:
+    """Refuse, deleting nothing, an ``--out`` that may not be written whole: a symbolic link, the current folder
+    or one holding it, a non-empty folder without ``overwrite``, and with it any folder but one the same
+    command wrote (its ``mmdlib.json`` records ``marker``) holding only a pipeline's files."""
+    if out.is_symlink():
+        raise MMDLibError(f"--out {str(out)!r} is a symbolic link (to {os.readlink(out)!r}); the folder is written "
+                          f"whole and renamed into place, so name a real folder (the link's target, if that is the "
+                          f"one). Nothing was changed.")
+    if not out.exists():
+        return
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise MMDLibError(f"--out {str(out)!r} is the current folder or holds it; the folder is replaced whole, so "
+                          f"choose a new folder (e.g. --out converted). Nothing was changed.")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise MMDLibError(f"{str(out)!r} is not empty; pass --overwrite to replace a folder this command wrote, or "
+                          f"choose another --out. Nothing was changed.")
+    ours, folders = pipeline_files(out)
+    theirs = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                    if p not in ours and p not in folders or p.is_symlink())
+    try:
+        meta = json.loads((out / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if theirs or not isinstance(meta, dict) or marker not in meta:
+        what = (f"holds {len(theirs)} file(s) a pipeline folder does not hold ({', '.join(theirs[:4])}"
+                f"{', ...' if len(theirs) > 4 else ''})" if theirs else f"has no {META_FILE} recording {marker}")
+        raise MMDLibError(f"--overwrite replaces only a folder this command wrote, and {str(out)!r} {what}; nothing "
+                          f"was deleted. Choose another --out, or move its contents away.")
+
+
+def write_folder(out: str | Path, write: Callable[[Path], None], overwrite: bool, marker: str) -> Path:
+    """``write(folder)`` a pipeline folder at ``out`` whole or not at all: in a temporary folder beside it, then
+    renamed into place, so a failure leaves ``out`` as it was. A non-empty ``out`` is replaced only with
+    ``overwrite`` and only when it is a pipeline folder whose mmdlib.json records ``marker``
+    (``_refuse_replacing``); its own files are removed, never anything else."""
+    out = Path(out)
+    _refuse_replacing(out, overwrite, marker)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write(tmp / "model")
+        if out.exists():
+            files, folders = pipeline_files(out)  # all it holds (checked above)
+            for p in files:
+                p.unlink()
+            for p in folders:
+                if p.is_dir():
+                    p.rmdir()
+        (tmp / "model").rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dinov2 import DinoV2Features
-from .errors import MMDLibError
+from .errors import MMDLibError, unreadable
 from .extractor import RANGE_TOLERANCE, FeatureExtractor  # noqa: F401  (their public home is here)
 from .pretrain import digits_classifier
 
@@ -48,7 +48,11 @@ class InceptionFeatures(FeatureExtractor):
         try:
             self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                                    feature_extractor_weights_path=weights_path)
-        except OSError as e:  # urllib errors are OSErrors
+        except Exception as e:
+            if weights_path is not None:  # a file that is not the weights
+                raise unreadable(weights_path, "torch-fidelity's Inception weights", e) from None
+            if not isinstance(e, OSError):  # urllib errors are OSErrors
+                raise
             raise MMDLibError("inception: could not download torch-fidelity's Inception weights (offline?). "
                               "Download weights-inception-2015-12-05-6726825d.pth (torch-fidelity's GitHub "
                               "releases) on a connected machine and pass --inception-weights FILE (weights_path= "

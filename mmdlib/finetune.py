@@ -29,7 +29,7 @@ from .generate import grid_samples
 from .models import LoadedModel
 from .plots import save_grid
 from .real_features import PrecomputedReal, StreamedReal, real_feature_source
-from .runfolder import RunFolder, unstable
+from .runfolder import RunFolder, stopped, unstable
 from .schedules import timestep_subset
 from .speed import checkpoint_everything, describe_plan, plan_memory
 from .streams import stream_seed
@@ -53,8 +53,10 @@ def check_inputs(model: LoadedModel, dataset: Dataset, cfg: FinetuneConfig, worl
     timesteps = timestep_subset(cfg.budget, model.T, cfg.spacing)
     x, _ = dataset[0]
     if tuple(x.shape) != model.sample_shape:
-        raise MMDLibError(f"dataset images are {tuple(x.shape)} but the model generates {model.sample_shape}; "
-                          f"pick the matching dataset, or resize it (e.g. folder datasets take size=).")
+        c, h, w = model.sample_shape
+        raise MMDLibError(f"dataset images are {tuple(x.shape)} but the model generates {model.sample_shape}; pick "
+                          f"the dataset the model was trained on, or resize the folder's images to {h}x{w} first "
+                          f"(in Python, get_dataset('folder', root=..., size={h}) resizes them).")
     return timesteps
 
 
@@ -78,13 +80,10 @@ class Finetuner:
             self.speed, self.unet, self.net, self.model, self.extractor, self.opt, self.schedule, _, self.objective = p
             self.iteration = restore(self.folder.load("cpu") if resuming else None, self.parts, cfg.lr)
             self._norm = torch.nn.utils.get_total_norm(self.unet.parameters()).item()  # for adam_step's check
-            self.procs.barrier()  # every rank has checked and loaded before the main one writes
-            self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations,
-                               "timesteps": self.current_timesteps()}, self.iteration, overwrite)
-            self.procs.barrier()
         except BaseException:
             self.folder.unlock()
             raise
+        self.overwrite, self.fresh, self._stepped = overwrite, not resuming, False
 
     @functools.cached_property
     def real(self) -> PrecomputedReal | StreamedReal:
@@ -140,8 +139,8 @@ class Finetuner:
                 self.unet.parameters()), self.cfg.grad_clip, self._norm, [] if p.schedule is None else list(
                 p.schedule.parameters()), self.procs.average_gradients)
         except Unstable as e:  # every checkpoint was written after a step that passed, so the last one is good
-            raise unstable(self.folder, str(e), self.iteration, self.cfg.lr, self.cfg.save_every) from None
-        self.iteration += 1
+            raise unstable(self.folder, e, self.iteration, self.cfg.lr, self.cfg.save_every, self._stepped) from None
+        self.iteration, self._stepped = self.iteration + 1, True
         return loss.item(), gnorm
 
     def save_checkpoint(self) -> None:
@@ -156,10 +155,13 @@ class Finetuner:
             save_grid(x, self.folder.path / "samples" / f"{name}.png")
 
     def run(self) -> Path:
-        """Finetune up to cfg.iterations, checkpointing and logging; export the pipeline; return its folder.
-        The folder's lock is released when it returns or fails."""
+        """Finetune up to cfg.iterations, checkpointing and logging; export the pipeline; return its folder."""
         cfg, path = self.cfg, self.folder.path / "finetuned"
-        try:
+        try:  # the record is written when the run starts (every rank has checked and loaded), not before
+            self.procs.barrier()
+            self.folder.start({"identity": cfg.run_identity(), "iterations": cfg.iterations,
+                               "timesteps": self.current_timesteps()}, self.iteration, self.overwrite)
+            self.procs.barrier()
             if self.iteration == 0:
                 self.save_grid("iter_000000")
             with tqdm(total=cfg.iterations, initial=self.iteration, desc=f"MMD-DDM {cfg.budget} steps",
@@ -184,6 +186,8 @@ class Finetuner:
                               timesteps=None if self.schedule is None else self.current_timesteps())
             self.procs.barrier()
             return path
+        except BaseException as e:
+            raise stopped(self.folder, e, self.iteration, self.fresh) from None
         finally:
             self.folder.unlock()
 

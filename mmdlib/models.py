@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .cache import env_flag, weights_hash
+from .cache import check_finite, weights_hash
 from .convert import converted
 from .errors import MMDLibError
+from .hub import offline_reason
 from . import export
 from .compat import moved
 from .export import META_FILE
@@ -69,7 +71,7 @@ def _schedule_from_config(config: dict) -> torch.Tensor:
     return _alphas_cumprod(sched.betas.double())
 
 
-def _read_json(repo: str, names: Sequence[str], local: bool) -> dict | None:
+def _read_json(repo: str, names: Sequence[str], local: bool, cached_only: bool = False) -> dict | None:
     for name in names:
         if local:
             if (Path(repo) / name).is_file():
@@ -79,10 +81,18 @@ def _read_json(repo: str, names: Sequence[str], local: bool) -> dict | None:
         from huggingface_hub.utils import EntryNotFoundError
 
         try:
-            return json.loads(Path(hf_hub_download(repo, name)).read_text())
+            return json.loads(Path(hf_hub_download(repo, name, local_files_only=cached_only)).read_text())
         except EntryNotFoundError:
             continue
     return None
+
+
+def _not_a_model_folder(folder: Path) -> str | None:
+    """What to say of a folder that holds no model but points to one (a finetuning run's or the demo's)."""
+    if (folder / "config.json").is_file() or (folder / "unet").is_dir() or not (folder / "finetuned").is_dir():
+        return None
+    return (f"{str(folder)!r} is a finetuning run's folder, not a model; the model it made is "
+            f"{str(folder / 'finetuned')!r}: pass that instead.")
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedModel:
@@ -111,25 +121,35 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
     if not local and (Path(repo).exists() or repo.startswith((".", "/", "~")) or repo.count("/") != 1):
         raise MMDLibError(f"model {name_or_path!r} is neither a known name ({', '.join(MODELS)}), a hub id "
                           f"(owner/name), a folder nor a checkpoint file.")
+    if local and (hint := _not_a_model_folder(Path(repo))):
+        raise MMDLibError(f"model {hint}")
+    offline = None if local else offline_reason()  # asked once: no retries against a hub that cannot answer
     try:
-        sub = "unet" if (Path(repo) / "unet").is_dir() or (not local and _read_json(repo, ["unet/config.json"],
-                                                                                       False)) else None
-        config = _read_json(repo, [f"{sub}/config.json" if sub else "config.json"], local) or {}
+        sub = "unet" if (Path(repo) / "unet").is_dir() or (not local and _read_json(
+            repo, ["unet/config.json"], False, offline is not None)) else None
+        config = _read_json(repo, [f"{sub}/config.json" if sub else "config.json"], local, offline is not None) or {}
         cls = UNET_CLASSES.get(config.get("_class_name", "UNet2DModel"))
         if cls is None:
             raise OSError(f"its UNet is a {config['_class_name']}, not one mmdlib knows ({', '.join(UNET_CLASSES)})")
-        unet = cls.from_pretrained(repo, subfolder=sub)
-        sched = _read_json(repo, ["scheduler/scheduler_config.json", "scheduler_config.json"], local) or {}
-        meta = _read_json(repo, [META_FILE], local) or {}
-    except (OSError, ValueError) as e:
-        if local:
-            raise MMDLibError(f"could not load a diffusers UNet from the folder {repo!r}: {e}") from e
-        how = ("HF_HUB_OFFLINE=1 is set and there is no local copy in the Hugging Face cache. "
-               if env_flag("HF_HUB_OFFLINE") else "The hub could not be reached. ")
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it has deprecated
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            unet = cls.from_pretrained(repo, subfolder=sub, **({"local_files_only": True} if offline else {}))
+        sched = _read_json(repo, ["scheduler/scheduler_config.json", "scheduler_config.json"], local,
+                           offline is not None) or {}
+        meta = _read_json(repo, [META_FILE], local, offline is not None) or {}
+        ac = _schedule_from_config(sched)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as e:
+        detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else "no detail"
+        if local:  # a config.json of the wrong types, a damaged weights file, ...
+            raise MMDLibError(f"could not load a diffusers UNet from the folder {repo!r} ({type(e).__name__}: "
+                              f"{detail}).") from None
+        how = (f"{offline[0].upper()}{offline[1:]}, and there is no local copy in the Hugging Face cache. "
+               if offline else f"The hub answered, but not with a model mmdlib can load ({type(e).__name__}: {detail}). ")
         raise MMDLibError(f"could not load {repo!r}. {how}On a connected machine run `hf download {repo}` "
                           f"(huggingface_hub's command; it fills the cache this machine reads), or download it "
-                          f"and pass the local folder instead.") from e
-    return LoadedModel(unet.to(device).eval(), _schedule_from_config(sched), repo, meta)
+                          f"and pass the local folder instead.") from None
+    check_finite(unet, f"model {name_or_path!r}")
+    return LoadedModel(unet.to(device).eval(), ac, repo, meta)
 
 
 __getattr__ = moved(__name__, {"save_pipeline": (export.save_pipeline, "mmdlib.save_pipeline (mmdlib.export)")})

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .devices import worker_count
 from .features import FeatureExtractor
 from .streams import stream_seed
 
@@ -91,7 +92,8 @@ class StreamedReal:
 def real_feature_source(dataset: Dataset, extractor: FeatureExtractor, batch: int, seed: int, device,
                         autocast: Callable = contextlib.nullcontext, workers: int = 0, **streamed_kw):
     """``PrecomputedReal`` when the dataset's features fit in ``PRECOMPUTE_LIMIT`` bytes, else ``StreamedReal``
-    (``streamed_kw``: its ``part``, ``gather`` and ``end``)."""
+    (``streamed_kw``: its ``part``, ``gather`` and ``end``). ``workers``: DataLoader workers, at most one per core."""
+    workers = worker_count(workers)
     if len(dataset) * extractor.dim * 4 <= PRECOMPUTE_LIMIT:
         return PrecomputedReal(dataset, extractor, batch, seed, device, autocast, workers)
     return StreamedReal(dataset, extractor, batch, seed, device, autocast, workers, **streamed_kw)

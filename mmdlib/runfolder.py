@@ -16,18 +16,17 @@ import csv
 import json
 import os
 import pickle
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .cache import atomic_save, atomic_write
-from .errors import MMDLibError
+from .cache import atomic_save, atomic_write, check_finite, temporaries
+from .errors import Interrupted, MMDLibError
+from .outputs import check_output_folder
+from .runfiles import RunFiles
 
 LOG_FIELDS = ("iteration", "loss", "grad_norm", "seconds")
-WRITTEN = ("run.json", "checkpoint.pt", "log.csv", "finetuned", "samples")  # what a run writes in its folder
 CHANGEABLE = ("lr",)  # identity settings --resume may change (a deliberate change, recorded in run.json)
 
 
@@ -50,7 +49,40 @@ def _load_plain(path: Path, map_location) -> dict:
     if not isinstance(state, dict) or not {"unet", "optimizer", "iteration"} <= state.keys():
         raise MMDLibError(f"{str(path)!r} is a torch file but not an mmdlib checkpoint (it lacks unet, optimizer and "
                           f"iteration). Restore it, or start again with --overwrite.")
+    if not isinstance(state["iteration"], int) or isinstance(state["iteration"], bool) or state["iteration"] < 0:
+        raise MMDLibError(f"{str(path)!r} records iteration {state['iteration']!r}, not a count; it was edited or "
+                          f"replaced. Restore it, or start again with --overwrite.")
+    check_finite(state["unet"], str(path))  # mmdlib saves only after a step that passed
     return state
+
+
+def _bad_record(record) -> str | None:
+    """What is wrong with a run.json's contents, or None: a JSON object with the identity of a run (an object),
+    its target iterations and its last saved iteration (counts)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("identity"), dict):
+        return "no identity (the settings that make the run)"
+    for key in ("iteration", "iterations"):
+        value = record.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key} {value!r}, not a count"
+    return None
+
+
+def read_record(path: Path) -> dict:
+    """A run.json's contents, refused in one line when it is not valid JSON or not a run record (``_bad_record``)."""
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise MMDLibError(f"{str(path)!r} is not valid JSON (mmdlib writes it atomically, so it was edited or "
+                          f"replaced); restore it, or start again with --overwrite.") from None
+    except OSError as e:
+        raise MMDLibError(f"cannot read {str(path)!r}: {e.strerror}.") from None
+    if (why := _bad_record(record)) is not None:
+        raise MMDLibError(f"{str(path)!r} is not an mmdlib run record (it holds {why}); it was edited or replaced: "
+                          f"restore it, or start again with --overwrite.")
+    return record
 
 
 def _cut_log(path: Path, iteration: int) -> None:
@@ -67,42 +99,21 @@ def _cut_log(path: Path, iteration: int) -> None:
     atomic_write(path, write)
 
 
-def check_output_folder(path: str | Path) -> Path:
-    """Refuse, in one line and creating nothing, an output folder that cannot be used: a file, a dangling
-    symlink, a path through a file, a name too long, a place where nothing can be created (tried with a
-    folder created and removed again in the nearest existing parent)."""
-    path = Path(path)
-    try:
-        if path.is_symlink() and not path.exists():
-            raise MMDLibError(f"the output folder {str(path)!r} is a symlink to {os.readlink(path)!r}, which does "
-                              f"not exist; create the target or choose another --out.")
-        if path.exists() and not path.is_dir():
-            raise MMDLibError(f"the output folder {str(path)!r} is a file; choose another --out.")
-        near = path.absolute()
-        while not near.exists():
-            near = near.parent
-        if not near.is_dir():
-            raise MMDLibError(f"the output folder {str(path)!r} is under {str(near)!r}, which is a file; choose "
-                              f"another --out.")
-        longest = os.pathconf(near, "PC_NAME_MAX")
-        for part in path.absolute().relative_to(near).parts:
-            if len(os.fsencode(part)) > longest:
-                raise OSError(36, "File name too long", part)
-        os.rmdir(tempfile.mkdtemp(prefix=".mmdlib-probe-", dir=near))
-    except OSError as e:
-        raise MMDLibError(f"cannot create the output folder {str(path)!r}: {e.strerror}; choose another "
-                          f"--out.") from None
-    return path
+def check_resume_overwrite(resume: bool, overwrite: bool) -> None:
+    """Refuse asking to continue a run and to replace it at once (which one was meant cannot be known)."""
+    if resume and overwrite:
+        raise MMDLibError("--resume continues the run in the folder and --overwrite replaces it; pass one of them. "
+                          "Nothing was changed.")
 
 
-class RunFolder:
+class RunFolder(RunFiles):
     """The folder ``path`` of one run; only the main process (``main``) writes."""
 
-    def __init__(self, path: str | Path, main: bool = True):
-        """The folder at ``path``, checked (``check_output_folder``) but not created."""
-        self.path, self.main = check_output_folder(path), main
-        self.run_file, self.checkpoint, self.log_file = self.path / "run.json", self.path / "checkpoint.pt", \
-            self.path / "log.csv"
+    def __init__(self, path: str | Path, main: bool = True, files: tuple[str, ...] = (),
+                 pipelines: tuple[str, ...] = ()):
+        """The folder at ``path``, checked (``check_output_folder``) but not created. ``files`` (glob patterns)
+        and ``pipelines`` (folder names): what else the run writes there (the demo's metrics and base model)."""
+        super().__init__(check_output_folder(path), main, files, pipelines)
         self._lock: int | None = None
 
     def lock(self) -> None:
@@ -131,13 +142,13 @@ class RunFolder:
              iterations: int | None = None) -> bool:
         """Lock the folder (the main process, creating it) and ``check`` it (every process): whether to continue
         its run. A refused folder is unlocked again, and removed when this call created it."""
-        created = self.main and not self.path.exists()
+        self.created = self.main and not self.path.exists()
         self.lock()
         try:
             return self.check(identity, resume, overwrite, iterations)
         except BaseException:
             self.unlock()
-            if created:
+            if self.created:
                 self.path.rmdir()
             raise
 
@@ -148,14 +159,8 @@ class RunFolder:
             self._lock = None
 
     def record(self) -> dict | None:
-        """What run.json says, or None where there is no run."""
-        if not self.run_file.exists():
-            return None
-        try:
-            return json.loads(self.run_file.read_text())
-        except (ValueError, UnicodeDecodeError):
-            raise MMDLibError(f"{str(self.run_file)!r} is not valid JSON (mmdlib writes it atomically, so it was "
-                              f"edited or replaced); restore it, or start again with --overwrite.") from None
+        """What run.json says (``read_record``), or None where there is no run."""
+        return read_record(self.run_file) if self.run_file.exists() else None
 
     def saved_iteration(self) -> int:
         """The iteration of the last checkpoint (0 where there is none)."""
@@ -171,16 +176,18 @@ class RunFolder:
         a folder holding a run unless ``resume`` (with the same ``identity``, to at least its saved
         iteration) or ``overwrite`` is given, and a folder holding files a run writes but no run.json (they
         are someone else's: neither overwritten nor deleted)."""
-        old = self.record()
-        if old is None:
-            foreign = [name for name in WRITTEN if (self.path / name).exists()]
+        check_resume_overwrite(resume, overwrite)
+        if not self.run_file.exists():
+            foreign = sorted(p.name for p in self.owned())
             if foreign:
                 raise MMDLibError(f"the output folder {str(self.path)!r} holds {', '.join(foreign)} but no run.json, "
                                   f"so they are not an mmdlib run's; nothing was changed or deleted. Choose another "
                                   f"--out, or move them away.")
             return False
-        if overwrite:
+        self.written()  # no symbolic link where the run writes, whatever comes next
+        if overwrite:  # the run.json is mmdlib's name, even damaged: replacing the run removes only what it wrote
             return False
+        old = self.record()
         if not resume:
             raise MMDLibError(f"the output folder {str(self.path)!r} already holds a run (iteration "
                               f"{self.saved_iteration()} of {old.get('iterations')}); pass --resume to continue it, "
@@ -211,12 +218,10 @@ class RunFolder:
             return
         old = None if overwrite else self.record()
         if overwrite:
-            for name in WRITTEN:
-                p = self.path / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            self.remove_written()
         self.path.mkdir(parents=True, exist_ok=True)
-        for written in (self.run_file, self.checkpoint, self.log_file):  # atomic_write's temporary names
-            for stale in self.path.glob(f".{written.name}-*"):
+        for written in (self.run_file, self.checkpoint, self.log_file):
+            for stale in temporaries(written):
                 stale.unlink(missing_ok=True)
         changes = list((old or {}).get("changes", []))
         for k in CHANGEABLE if old else ():
@@ -247,14 +252,33 @@ class RunFolder:
             w.writerow(row)
 
 
-def unstable(folder: RunFolder, what: str, iteration: int, lr: float, save_every: int) -> MMDLibError:
+def stopped(folder: RunFolder, error: BaseException, iteration: int, fresh: bool) -> BaseException:
+    """What to raise for a run in ``folder`` that ``error`` stopped at ``iteration``: a fresh run with no
+    checkpoint yet is discarded (it leaves nothing behind); Ctrl-C becomes ``Interrupted``, saying how to continue."""
+    kept = folder.checkpoint.exists()
+    if fresh and not kept:
+        folder.discard()
+    if not isinstance(error, KeyboardInterrupt) or isinstance(error, Interrupted):
+        return error
+    return Interrupted(f"interrupted at iteration {iteration}; the last checkpoint is at iteration "
+                       f"{folder.saved_iteration()}: rerun the same command with --resume to continue from it."
+                       if kept else f"interrupted at iteration {iteration}, before the first checkpoint, so the "
+                       f"run left nothing behind: rerun the same command to start it again.")
+
+
+def unstable(folder: RunFolder, what, iteration: int, lr: float, save_every: int, stepped: bool = True) -> MMDLibError:
     """The error for a run stopped at ``iteration`` because ``what`` (a loss, gradient or weights no longer
     finite, or blown up): it names the folder's last checkpoint, written after a step that passed, and the
-    command that continues from it."""
+    command that continues from it. Found before any weight moved (``what.before_step``) in a run that has not
+    ``stepped`` yet, it is not the learning rate's doing, and says so."""
+    if getattr(what, "before_step", False) and not stepped:
+        return MMDLibError(f"{what} at iteration {iteration}, before this run took any step, so the learning rate "
+                           f"is not the cause: the model, the feature space or the real images give non-finite "
+                           f"values. Nothing was changed.")
     saved = folder.saved_iteration()
     restart = (f"The last checkpoint, {folder.checkpoint} (iteration {saved}), was written before this: continue "
                f"from it with a smaller learning rate by rerunning the same command with --resume --lr {lr / 10:g}."
-               if saved else f"No checkpoint was written yet (the first comes at iteration {save_every}): rerun "
-               f"the same command with --overwrite --lr {lr / 10:g}.")
+               if saved else f"No checkpoint was written yet (the first comes at iteration {save_every}), so the run "
+               f"left nothing behind: rerun the same command with --lr {lr / 10:g}.")
     return MMDLibError(f"{what} at iteration {iteration} (lr {lr:g}); stopped. {restart}")
 

@@ -42,9 +42,16 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float | torch.Tensor) -> to
 
 # --- DDIM and DDPM: one network evaluation, one step from alpha_bar a_t to a_s --------------------------------
 
+def check_eta(eta: float) -> None:
+    """DDIM's eta lies in [0, 1] (DDIM eq. 16; diffusers' range): 0 is deterministic DDIM, 1 DDPM's variance. Above
+    1 the step's noise outgrows what 1 - alpha_bar leaves for it and the chain drifts off the data."""
+    if not 0 <= eta <= 1:
+        raise MMDLibError(f"eta must be a number in [0, 1] (0 is deterministic DDIM, the paper's; 1 is DDPM-like), "
+                          f"got {eta!r}.")
+
+
 def _ddim_plan(A: list, eta: float = 0.0) -> dict:
-    if not eta >= 0:
-        raise MMDLibError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta!r}.")
+    check_eta(eta)
     # sigma_t(eta), DDIM eq. (16); 0 onto x_0 (written out: sqrt's gradient at 0 is infinite)
     return {"A": A, "sigma": [eta * sqrt((1 - s) / (1 - t) * (1 - t / s)) if s != 1.0 else 0.0
                               for t, s in zip(A, A[1:])]}
@@ -174,6 +181,7 @@ class Sampler:
     def options(self, eta: float | None = 0.0) -> dict:
         """The options it takes from run settings: DDIM's eta; the others have none."""
         if self.eta:
+            check_eta(float(eta or 0.0))
             return {"eta": float(eta or 0.0)}
         if eta:
             raise MMDLibError(f"eta={eta} applies to the ddim sampler only; {self.name} takes no eta (leave it at 0).")

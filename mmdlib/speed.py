@@ -7,6 +7,7 @@ memory the run may use, estimated (``plan_checkpointing``) from the bytes autogr
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable
 
 import torch
@@ -35,9 +36,20 @@ class Speed:
     def place(self, module: nn.Module, device) -> nn.Module:
         return module.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
 
-    def compiled(self, module: nn.Module) -> Callable:
-        """``module`` under torch.compile where it is on (it shares the module's parameters)."""
-        return torch.compile(module) if self.compile else module
+    def compiled(self, module: nn.Module, device=None) -> Callable:
+        """``module`` under torch.compile where it is on (it shares the module's parameters), saying so: the
+        first call compiles, which takes minutes, and on a CPU it gains nothing measured (``COMPILE_ON_CPU``)."""
+        if not self.compile:
+            return module
+        cpu = device is not None and torch.device(device).type == "cpu"
+        print("note: compiling the UNet with torch.compile (inductor); the first iteration waits for it"
+              + (f". {COMPILE_ON_CPU}" if cpu else "."), file=sys.stderr)
+        return torch.compile(module)
+
+
+# measured (benchmarks/RESULTS.md, "torch.compile on a CPU"): the digits preset, 5 steps, batch 128, 2 cores
+COMPILE_ON_CPU = ("On a CPU it gains nothing measured (2 cores, digits preset: 94 s compiling, then 0.82 s per "
+                  "iteration against 0.75 s without); --compile off skips it")
 
 
 def resolve_speed(precision: str, compile: str, device) -> Speed:

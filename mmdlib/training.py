@@ -13,6 +13,7 @@ import torch
 
 from .config import FinetuneConfig
 from .devices import Processes
+from .errors import MMDLibError
 from .features import FeatureExtractor, get_feature_extractor
 from .loss import MMDDDMLoss
 from .models import LoadedModel
@@ -60,8 +61,8 @@ def make_parts(model: LoadedModel, cfg: FinetuneConfig, device: torch.device, ti
                            alphas_cumprod=model.alphas_cumprod, sampler=cfg.sampler, kernel=cfg.kernel, device=device,
                            autocast=lambda: speed.autocast(device), gather=gather,
                            **get_sampler(cfg.sampler).options(cfg.eta))
-    return Parts(speed, unet, speed.compiled(unet), dataclasses.replace(model, unet=unet), extractor, opt, schedule,
-                 opt_t, objective)
+    return Parts(speed, unet, speed.compiled(unet, device), dataclasses.replace(model, unet=unet), extractor, opt,
+                 schedule, opt_t, objective)
 
 
 def state(parts: Parts) -> dict:
@@ -79,14 +80,20 @@ def restore(checkpoint: dict | None, parts: Parts, lr: float) -> int:
     none)."""
     if checkpoint is None:
         return 0
-    parts.unet.load_state_dict(checkpoint["unet"])
-    if parts.opt is not None:
-        parts.opt.load_state_dict(checkpoint["optimizer"])
-        for group in parts.opt.param_groups:
-            group["lr"] = lr
-    if parts.schedule is not None:
-        parts.schedule.load_state_dict(checkpoint["schedule"])
-        parts.opt_t.load_state_dict(checkpoint["schedule_optimizer"])
+    try:
+        parts.unet.load_state_dict(checkpoint["unet"])
+        if parts.opt is not None:
+            parts.opt.load_state_dict(checkpoint["optimizer"])
+        if parts.schedule is not None:
+            parts.schedule.load_state_dict(checkpoint["schedule"])
+            parts.opt_t.load_state_dict(checkpoint["schedule_optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # shapes, names, an optimiser of other parameters
+        detail = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise MMDLibError(f"the run's checkpoint does not fit this model and its settings ({detail[:300]}); it was "
+                          f"written for another model, or replaced. Restore it, or start again with --overwrite "
+                          f"(or choose another --out).") from None
+    for group in parts.opt.param_groups if parts.opt is not None else ():
+        group["lr"] = lr
     return checkpoint["iteration"]
 
 
@@ -114,7 +121,12 @@ def train_seeds(cfg: FinetuneConfig, it: int, procs: Processes) -> list[int]:
 
 
 class Unstable(Exception):
-    """An optimiser step that would leave the weights non-finite or blown up (the message says which)."""
+    """An optimiser step that would leave the weights non-finite or blown up (the message says which);
+    ``before_step``: found before any weight moved (a non-finite loss or gradient)."""
+
+    def __init__(self, message: str, before_step: bool = False):
+        super().__init__(message)
+        self.before_step = before_step
 
 
 def adam_step(loss: torch.Tensor, opts: list, weights: list, grad_clip: float, norm: float, extra: list = (),
@@ -125,7 +137,7 @@ def adam_step(loss: torch.Tensor, opts: list, weights: list, grad_clip: float, n
     before) the step doubles. Returns (the weights' gradient norm, or the timesteps' when the weights are
     frozen; the weights' norm after)."""
     if not torch.isfinite(loss):
-        raise Unstable(f"the loss became {loss.item()}")
+        raise Unstable(f"the loss became {loss.item()}", before_step=True)
     for opt in opts:
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -134,7 +146,7 @@ def adam_step(loss: torch.Tensor, opts: list, weights: list, grad_clip: float, n
     gnorm = torch.nn.utils.clip_grad_norm_(weights, grad_clip) if weights else torch.nn.utils.get_total_norm(grads)
     if not torch.isfinite(gnorm) or not all(torch.isfinite(g).all() for g in grads):
         raise Unstable(f"the gradient norm became {gnorm.item()}" if not torch.isfinite(gnorm) else
-                       "the timesteps' gradient stopped being finite")
+                       "the timesteps' gradient stopped being finite", before_step=True)
     try:
         for opt in opts:
             opt.step()

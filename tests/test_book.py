@@ -287,6 +287,17 @@ def test_the_pages_workflow_builds_with_make_book_and_publishes_the_html():
 
 
 @pytest.mark.slow
+def test_a_parameter_of_the_wrong_type_is_the_notebooks_own_message(tmp_path, monkeypatch):
+    """papermill -p budget abc: refused by the notebook in one line (before smoke mode could overwrite it)."""
+    import papermill as pm
+
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")
+    with pytest.raises(pm.PapermillExecutionError, match=r"setting 'budget' must be int, got 'abc' \(str\)"):
+        pm.execute_notebook(ROOT / "notebooks" / "2_finetuning.ipynb", tmp_path / "out.ipynb", cwd=ROOT / "notebooks",
+                            progress_bar=False, parameters={"budget": "abc"})
+
+
+@pytest.mark.slow
 def test_a_parameter_the_notebook_does_not_have_is_refused(tmp_path, monkeypatch):
     """papermill injects any name; a renamed or misspelt one must not leave the defaults silently in force."""
     import papermill as pm

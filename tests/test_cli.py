@@ -133,7 +133,7 @@ def test_evaluate_end_to_end_via_cli(tmp_path, capsys):
     assert set(res) == {"1", "2"} and len(res["2"]["digits-a"]["fid_per_seed"]) == 2
     assert json.loads(capsys.readouterr().out) == res
     for bad, msg in ((["--budgets", "5,abc"], "--budgets must be comma-separated integers"),
-                     (["--seeds", "0"], "seeds must be >= 1"), (["--sampler", "euler"], "unknown sampler 'euler'")):
+                     (["--seeds", "0"], "seeds must be between 1 and 256"), (["--sampler", "euler"], "unknown sampler 'euler'")):
         assert main([*args[:-2], *bad]) == 2
         assert msg in capsys.readouterr().err
 
@@ -154,7 +154,7 @@ def test_evaluate_scores_fd_dinov2_and_fid_sfid_against_an_adm_reference_batch_v
     np.savez(tmp_path / "VIRTUAL_tiny.npz", mu=a.mean(0), sigma=np.cov(a, rowvar=False), mu_s=b.mean(0),
              sigma_s=np.cov(b, rowvar=False))
     folder = save_pipeline(make_tiny_unet(1, 8), tmp_path / "tiny", budget=1)
-    assert main(["evaluate", "--model", str(folder), "--budgets", "1", "--n", "4", "--seeds", "1",
+    assert main(["evaluate", "--model", str(folder), "--budgets", "1", "--n", "10", "--seeds", "1",
                  "--features", "inception,inception-spatial,dinov2", "--reference", str(tmp_path / "VIRTUAL_tiny.npz"),
                  "--inception-weights", str(inception_weights), "--dinov2-weights", str(dinov2_file)]) == 0
     res = json.loads(capsys.readouterr().out)["1"]

@@ -50,7 +50,7 @@ def test_a_config_never_asks_the_hardware():
 
 
 @pytest.mark.parametrize("kw,msg", [
-    ({"n": 1}, "n must be >= 2"), ({"features": ()}, "seeds, budgets and features must each name at least one"),
+    ({"n": 1}, "n must be >= 10"), ({"features": ()}, "seeds, budgets and features must each name at least one"),
     ({"features": ("vgg",)}, "unknown feature space 'vgg'; known: inception"), ({"budgets": (5, 0)}, "budgets must be"),
     ({"precision": "fp16"}, "unknown evaluation precision 'fp16'; known: fp32, bf16"),
     ({"timestep_spacing": "cosine"}, "unknown timestep spacing 'cosine'"),
@@ -65,7 +65,7 @@ def test_an_evaluation_config_takes_a_seed_count_one_space_and_resolves_auto_spa
     cfg = EvalConfig(seeds=3, features="digits-b", sampler="unipc", budgets=[5, 10])
     assert cfg.seeds == (0, 1, 2) and cfg.features == ("digits-b",) and cfg.budgets == (5, 10)
     assert cfg.spacing == "trailing" and EvalConfig().spacing == "linear"
-    with pytest.raises(MMDLibError, match="seeds must be >= 1"):
+    with pytest.raises(MMDLibError, match="seeds must be between 1 and 256"):
         EvalConfig(seeds=0)
 
 

@@ -67,7 +67,7 @@ def test_bad_checkpoint_files_get_one_clear_message(ddpm_state, tmp_path):
     (tmp_path / "truncated.ckpt").write_bytes(good.read_bytes()[:5000])
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     torch.save({"epoch": 3, "note": "no weights"}, tmp_path / "foreign.ckpt")
-    for name, words in (("truncated", "not a readable PyTorch checkpoint"), ("text", "not a readable"),
+    for name, words in (("truncated", "not a checkpoint this tool can read"), ("text", "not a checkpoint this tool"),
                         ("foreign", "without weights"), ("missing", "no checkpoint file")):
         with pytest.raises(MMDLibError, match=words):
             cv.read_checkpoint(tmp_path / f"{name}.ckpt")

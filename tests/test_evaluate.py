@@ -66,7 +66,7 @@ def test_inception_space_adds_the_inception_score_and_precision_recall(tmp_path,
 def test_evaluation_settings_are_checked_before_any_work(monkeypatch):
     monkeypatch.setattr("mmdlib.evaluate.reference_features", lambda *a, **k: pytest.fail("work before the check"))
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-    for bad, msg in (({"n": 1}, "n must be >= 2"), ({"seeds": 0}, "seeds must be >= 1"),
+    for bad, msg in (({"n": 1}, "n must be >= 10"), ({"seeds": 0}, "seeds must be between 1 and 256"),
                      ({"features": ("vgg",)}, "unknown feature space 'vgg'"), ({"sampler": "euler"}, "unknown sampler"),
                      ({"sampler": "ddpm", "eta": 0.3}, "applies to the ddim sampler only"),
                      ({"budgets": (5, 0)}, r"budgets must be sampling step counts >= 1, got \[5, 0\]"),
@@ -128,7 +128,7 @@ def test_an_adm_reference_batch_is_scored_against_in_adms_own_layout(tmp_path, m
     monkeypatch.setattr("mmdlib.evaluate.score_statistics",
                         lambda e, f, ref: seen.setdefault(e.name, (f, ref)) and real_score(e, f, ref))
     m = LoadedModel(make_tiny_unet(1, 8), mmdlib.alphas_cumprod(mmdlib.linear_betas()), "tiny")
-    res = evaluate(m, dataset="digits", split="test", budgets=(1,), features=("inception", "inception-spatial"), n=4,
+    res = evaluate(m, dataset="digits", split="test", budgets=(1,), features=("inception", "inception-spatial"), n=10,
                    seeds=1, inception_weights=inception_weights, reference=str(tmp_path / "ref.npz"), progress=False)[1]
     for space, (mu, sigma) in (("inception", ("mu", "sigma")), ("inception-spatial", ("mu_s", "sigma_s"))):
         f, ref = seen[space]
@@ -136,7 +136,7 @@ def test_an_adm_reference_batch_is_scored_against_in_adms_own_layout(tmp_path, m
         assert res[space]["fid"] == pytest.approx(real_score(ours if space != "inception" else
                                                              mmdlib.get_feature_extractor("inception", weights_path=
                                                                                           inception_weights), f, ref)["fid"])
-        assert "kid" not in res[space] and f.shape == (4, ours.dim if space != "inception" else 2048)
+        assert "kid" not in res[space] and f.shape == (10, ours.dim if space != "inception" else 2048)
     assert set(res["inception"]) >= {"fid", "is"} and "is" not in res["inception-spatial"]
 
 

@@ -128,7 +128,11 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
         Finetuner(tiny_model(), ds, cfg(tmp_path, iterations=2, kernel="linear"), resume=True, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
     ft = Finetuner(tiny_model(), ds, cfg(tmp_path, iterations=2), overwrite=True, progress=False)
-    assert ft.iteration == 0 and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert ft.iteration == 0  # the old run is replaced when the new one starts, not before
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    ft.run()
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] == 2
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} != before
 
 
 @pytest.mark.parametrize("kw,msg", [

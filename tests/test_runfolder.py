@@ -57,7 +57,8 @@ def test_a_blow_up_names_the_last_checkpoint_and_the_command_that_continues(tmp_
     folder.start({"identity": {}, "iterations": 9}, 0, overwrite=False)
     e = unstable(folder, "the loss became nan", 3, 1e-3, save_every=5)
     assert str(e).startswith("the loss became nan at iteration 3 (lr 0.001); stopped. No checkpoint was written yet "
-                             "(the first comes at iteration 5)") and "--overwrite --lr 0.0001" in str(e)
+                             "(the first comes at iteration 5), so the run left nothing behind")
+    assert "command with --lr 0.0001" in str(e)
     folder.save({"unet": {}, "optimizer": {}}, 5)
     e = unstable(folder, "the loss became nan", 7, 1e-3, save_every=5)
     assert "checkpoint.pt (iteration 5), was written before this" in str(e) and "--resume --lr 0.0001" in str(e)

@@ -123,8 +123,9 @@ def test_bad_noise_generators_eta_variance():
     with pytest.raises(mmdlib.MMDLibError, match="got 2 generators for a batch of 3"):
         mmdlib.ddim_sample(lambda x, t: x, torch.randn(3, 1, 2, 2), [0, 10], ac, eta=1.0,
                            generator=mmdlib.generators([1, 2]))
-    with pytest.raises(mmdlib.MMDLibError, match="eta must be >= 0"):
-        mmdlib.ddim_sample(lambda x, t: x, torch.randn(3, 1, 2, 2), [0], ac, eta=-0.1)
+    for eta in (-0.1, 1.5, float("inf"), float("nan")):
+        with pytest.raises(mmdlib.MMDLibError, match=r"eta must be a number in \[0, 1\]"):
+            mmdlib.ddim_sample(lambda x, t: x, torch.randn(3, 1, 2, 2), [0], ac, eta=eta)
     with pytest.raises(mmdlib.MMDLibError, match="unknown DDPM variance 'medium'"):
         mmdlib.ddpm_sample(lambda x, t: x, torch.randn(3, 1, 2, 2), [0], ac, variance="medium")
 
