@@ -102,8 +102,8 @@ class FinetuneConfig:
                 raise MMDLibError(f"{field} must be >= 1, got {getattr(self, field)}.")
         for field, known in (("precision", PRECISIONS), ("compile", COMPILE), ("checkpointing", CHECKPOINTING)):
             _known(field, getattr(self, field), known, " setting")
-        if self.memory_gib is not None and not self.memory_gib > 0:
-            raise MMDLibError(f"memory_gib must be > 0 (GiB the run may use), got {self.memory_gib}.")
+        if self.memory_gib is not None and not 0 < self.memory_gib < math.inf:
+            raise MMDLibError(f"memory_gib must be a finite number > 0 (GiB the run may use), got {self.memory_gib}.")
         if not 0 < self.lr < math.inf:
             raise MMDLibError(f"learning rate must be a finite number > 0, got {self.lr}.")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):

@@ -48,8 +48,8 @@ class Speed:
 
 
 # measured (benchmarks/RESULTS.md, "torch.compile on a CPU"): the digits preset, 5 steps, batch 128, 2 cores
-COMPILE_ON_CPU = ("On a CPU it gains nothing measured (2 cores, digits preset: 94 s compiling, then 0.82 s per "
-                  "iteration against 0.75 s without); --compile off skips it")
+COMPILE_ON_CPU = ("On a CPU it gains little (2 cores, digits preset: 98 s to compile from an empty cache, 7 s once "
+                  "cached, then 0.60-0.82 s per iteration against 0.70-0.75 s without); --compile off skips it")
 
 
 def resolve_speed(precision: str, compile: str, device) -> Speed:

@@ -41,7 +41,7 @@ def test_help_lists_every_flag_with_its_default(cmd, flags):
     (["--timestep-spacing", "cosine"], "unknown timestep_spacing 'cosine'"),
     (["--batch-size", "1"], "batch size 1 is too small"),
     (["--checkpointing", "some"], "unknown checkpointing setting 'some'; known: auto, all, none"),
-    (["--memory-gib", "-1"], "memory_gib must be > 0"),
+    (["--memory-gib", "-1"], "memory_gib must be a finite number > 0"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--model", "google/ddpm-cifar10-32"], "hf download google/ddpm-cifar10-32"),
 ])
@@ -118,6 +118,14 @@ def test_demo_end_to_end_in_smoke_mode(tmp_path, monkeypatch):
         assert pipe.scheduler.config.timestep_spacing == "leading"
     assert {p.name for p in out.glob("*.png")} == {"samples_before_5steps.png", "samples_after_5steps.png",
                                                    "samples_real.png"}
+    # --overwrite replaces the demo's own files and keeps what a user put beside them
+    mine = [out / "base" / "notes.md", out / "finetuned" / "unet" / "mine.txt", out / "samples" / "holiday.png",
+            out / "my-notes.md"]
+    for path in mine:
+        path.write_text("mine")
+    assert main(["demo", "--out", str(out), "--iterations", "1", "--n", "100", "--seeds", "1", "--overwrite"]) == 0
+    assert all(path.read_text() == "mine" for path in mine)
+    assert json.loads((out / "run.json").read_text())["iterations"] == 1
 
 
 def test_evaluate_end_to_end_via_cli(tmp_path, capsys):

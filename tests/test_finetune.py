@@ -146,7 +146,7 @@ def test_refuses_an_output_folder_holding_a_run(tmp_path):
     ({"checkpointing": "some"}, "unknown checkpointing setting 'some'; known: auto, all, none"),
     ({"precision": "fp16"}, "unknown precision setting 'fp16'; known: auto, fp32, bf16"),
     ({"compile": "yes"}, "unknown compile setting 'yes'; known: auto, on, off"),
-    ({"memory_gib": 0.0}, "memory_gib must be > 0"),
+    ({"memory_gib": 0.0}, "memory_gib must be a finite number > 0"),
 ])
 def test_bad_config(tmp_path, kw, msg):
     with pytest.raises(mmdlib.MMDLibError, match=msg):
