@@ -5,6 +5,7 @@ stand in for the hardware in one place.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -21,6 +22,19 @@ def check_device_name(name: str) -> str:
         except (RuntimeError, TypeError):
             raise MMDLibError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
     return name
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with ``n`` intra-op threads (torch's), then restore the count: a CPU training whose weights
+    must not depend on the machine's thread count runs under ``threads(1)`` (reductions split across threads
+    sum in another order, and the weights of a 40-epoch classifier drift apart in the second decimal)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cores() -> int:

@@ -180,8 +180,8 @@ class ClipFeatures(FeatureExtractor):
 # --- The digits feature spaces ---------------------------------------------------------------------------
 
 class DigitsFeatures(FeatureExtractor):
-    """A small CNN trained on the digits (``pretrain.digits_classifier``: trained in seconds on first use and
-    cached); its features are ``DigitsNet.raw_features``, standardised."""
+    """A small CNN trained on the digits (``pretrain.digits_classifier``: shipped with the package, hash-checked);
+    its features are ``DigitsNet.raw_features``, standardised."""
 
     channels, size = 1, 8
 

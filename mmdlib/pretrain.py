@@ -4,8 +4,10 @@ DDPM's loss (paper eq. 5), and the two digit classifiers whose features are the 
 The base model's default recipe ships with the package (``mmdlib/weights/digits``, checked against its
 SHA-256 on load; ``python -m mmdlib.pretrain --out DIR`` regenerates it from the recipe and its seed).
 Any other recipe, and the tiny smoke recipe, is trained on first use, with an EMA of the weights, and
-cached under ``$MMDLIB_CACHE/base-model/<config hash>`` as a diffusers folder. The classifiers train in
-seconds on first use and are cached under ``$MMDLIB_CACHE/digits-net/<config hash>``.
+cached under ``$MMDLIB_CACHE/base-model/<config hash>`` as a diffusers folder. The two classifiers ship too
+(``mmdlib/weights/classifiers``, hash-checked; ``python -m mmdlib.pretrain --classifiers DIR`` regenerates them
+bit for bit, training on the CPU under one thread, so that no machine's thread count changes a score); the
+smoke recipe's are trained on first use and cached under ``$MMDLIB_CACHE/digits-net/<config hash>``.
 """
 from __future__ import annotations
 
@@ -254,41 +256,100 @@ def train_digits_net(cfg: DigitsNetConfig, device: str | torch.device = "auto"
     return net.cpu(), acc, f.mean(0).cpu(), sd.clamp_min(0.1 * sd.median()).cpu()
 
 
+# The classifiers' weights, shipped like the base model (`python -m mmdlib.pretrain --classifiers DIR` regenerates
+# them bit for bit: trained on the CPU under one thread, so the machine's thread count cannot change them)
+CLASSIFIERS = Path(__file__).parent / "weights" / "classifiers"
+CLASSIFIER_SHA256 = {"digits-a": "0672c4dd1bb98683922dedc1efcedf5c4429c22b5b261de6a248444cc9ffc734",
+                     "digits-b": "9d328d2206e88951114e9e9c81f371190bf1f1c83d3f6c3b57747474d69df224"}
+
+
+def write_classifier(name: str, path: Path) -> Path:
+    """Train the classifier ``name`` with its recipe on the CPU under one thread and write it to ``path``
+    (safetensors: the net's state as ``net.*``, the feature ``mean`` and ``std``; test accuracy and recipe in
+    the metadata, as one JSON entry)."""
+    from safetensors.torch import save_file
+
+    cfg = DIGITS_NETS[name]
+    with devices.threads(1):
+        net, acc, mean, std = train_digits_net(cfg, "cpu")
+    tensors = {**{f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}, "mean": mean, "std": std}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one metadata entry: safetensors writes several in no fixed order, and the file's hash must be stable
+    info = {"test_accuracy": acc, "recipe": dataclasses.asdict(cfg)}
+    save_file(tensors, str(path), metadata={"mmdlib": json.dumps(info, sort_keys=True)})
+    return path
+
+
+def _shipped_classifier(name: str) -> tuple[dict, float] | None:
+    """The package's copy of classifier ``name`` (its tensors, its test accuracy), verified by hash; None if
+    the package has none."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = CLASSIFIERS / f"{name}.safetensors"
+    if not path.is_file():
+        return None
+    if file_hash(path) != CLASSIFIER_SHA256[name]:
+        raise MMDLibError(f"the shipped digit classifier {path} does not match its hash (a damaged installation?); "
+                          f"reinstall mmdlib, or regenerate it with `python -m mmdlib.pretrain --classifiers "
+                          f"{CLASSIFIERS}`.")
+    with safe_open(str(path), "pt") as f:
+        acc = float(json.loads(f.metadata()["mmdlib"])["test_accuracy"])
+    return load_file(str(path)), acc
+
+
 def digits_classifier(name: str) -> tuple[DigitsNet, float, torch.Tensor, torch.Tensor, DigitsNetConfig]:
     """(net, test accuracy, feature mean, feature spread, recipe) of the digit classifier ``name``
-    (``DIGITS_NETS``; one epoch under MMDLIB_SMOKE=1), trained on first use, on CUDA when there is one, and
-    cached under a key that names the device class."""
+    (``DIGITS_NETS``): the package's shipped weights (``CLASSIFIERS``, checked against their SHA-256), else
+    (one epoch under MMDLIB_SMOKE=1, or a package without them) trained on first use on the CPU under one
+    thread, and cached."""
     if name not in DIGITS_NETS:
         raise MMDLibError(f"unknown digit classifier {name!r}; known: {', '.join(DIGITS_NETS)}.")
     cfg = DIGITS_NETS[name]
+    net = DigitsNet(cfg)
+    shipped = None if smoke_test() else _shipped_classifier(name)
+    if shipped is not None:
+        tensors, acc = shipped
+        net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")})
+        return net, acc, tensors["mean"], tensors["std"], cfg
     if smoke_test():  # MMDLIB_SMOKE=1: one epoch, for tests of the notebooks
         cfg = dataclasses.replace(cfg, epochs=1)
-    device = devices.pick_device()
 
     def build(tmp: Path) -> None:
-        net, acc, mean, std = train_digits_net(cfg, device)
-        torch.save({"state_dict": net.state_dict(), "test_accuracy": acc, "mean": mean, "std": std}, tmp / "net.pt")
+        with devices.threads(1):
+            trained, acc, mean, std = train_digits_net(cfg, "cpu")
+        torch.save({"state_dict": trained.state_dict(), "test_accuracy": acc, "mean": mean, "std": std},
+                   tmp / "net.pt")
 
-    folder = cached("digits-net", {"name": name, **dataclasses.asdict(cfg), **trained_on(device)}, build)
+    folder = cached("digits-net", {"name": name, **dataclasses.asdict(cfg), "threads": 1}, build)
     ckpt = torch.load(folder / "net.pt", weights_only=True)
-    net = DigitsNet(cfg)
     net.load_state_dict(ckpt["state_dict"])
     return net, ckpt["test_accuracy"], ckpt["mean"], ckpt["std"], cfg
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mmdlib.pretrain --out DIR [--seed S]``: regenerate the embedded base model."""
+    """``python -m mmdlib.pretrain --out DIR [--seed S]``: regenerate the embedded base model;
+    ``--classifiers DIR``: the two digit classifiers."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m mmdlib.pretrain", description="Train the digits base model with "
-                                "the default recipe (DigitsModelConfig) and write it as a diffusers folder.")
-    p.add_argument("--out", required=True, help=f"output folder (the package ships {SHIPPED})")
+                                "the default recipe (DigitsModelConfig) and write it as a diffusers folder, or the "
+                                "digit classifiers (DIGITS_NETS) as safetensors files.")
+    p.add_argument("--out", default=None, help=f"output folder of the base model (the package ships {SHIPPED})")
     p.add_argument("--seed", type=int, default=None, help="seed of the weights and the batches (default: the "
                    "recipe's, which made the shipped weights)")
+    p.add_argument("--classifiers", default=None, help=f"output folder of the classifiers (the package ships "
+                   f"{CLASSIFIERS})")
     a = p.parse_args(argv)
-    cfg = DigitsModelConfig()
-    folder = write_model(cfg if a.seed is None else dataclasses.replace(cfg, seed=a.seed), Path(a.out))
-    print(f"{folder}: sha256 {file_hash(folder / 'unet' / 'diffusion_pytorch_model.safetensors')}")
+    if a.out is None and a.classifiers is None:
+        p.error("give --out (the base model), --classifiers (the digit classifiers), or both")
+    for name in DIGITS_NETS if a.classifiers else ():
+        path = write_classifier(name, Path(a.classifiers) / f"{name}.safetensors")
+        print(f"{path}: sha256 {file_hash(path)}")
+    if a.out is not None:
+        cfg = DigitsModelConfig()
+        folder = write_model(cfg if a.seed is None else dataclasses.replace(cfg, seed=a.seed), Path(a.out))
+        print(f"{folder}: sha256 {file_hash(folder / 'unet' / 'diffusion_pytorch_model.safetensors')}")
 
 
 if __name__ == "__main__":

@@ -114,3 +114,50 @@ def test_one_command_regenerates_a_recipe(tmp_path, monkeypatch, capsys):
     sha = file_hash(tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors")
     assert f"sha256 {sha}" in out and '"seed": 3' in (tmp_path / "m" / "recipe.json").read_text()
     assert mmdlib.load_model(str(tmp_path / "m")).sample_shape == (1, 8, 8)
+
+
+def test_the_digit_classifiers_ship_and_one_command_regenerates_them_bit_for_bit(tmp_path):
+    """The classifiers' weights are shipped (their hash checked), so no machine trains its own; the command
+    that made them, run here in a process with 2 threads, gives the same files byte for byte (it trains on
+    one thread: their weights would otherwise depend on the machine's thread count)."""
+    import mmdlib.pretrain as pretrain
+
+    out = subprocess.run([sys.executable, "-m", "mmdlib.pretrain", "--classifiers", str(tmp_path)],
+                         capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    for name, sha in pretrain.CLASSIFIER_SHA256.items():
+        assert file_hash(tmp_path / f"{name}.safetensors") == sha == file_hash(pretrain.CLASSIFIERS / f"{name}.safetensors")
+        assert f"{name}.safetensors: sha256 {sha}" in out.stdout
+
+
+def test_digit_features_do_not_depend_on_the_thread_count_from_an_empty_cache(tmp_path):
+    code = ("import sys, torch\nfrom mmdlib.features import get_feature_extractor\n"
+            "from mmdlib.data import digits_dataset\nx = digits_dataset('test').images[:300].float()\n"
+            "torch.save({s: get_feature_extractor(s)(x) for s in ('digits-a', 'digits-b')}, sys.argv[1])\n")
+    env = __import__("os").environ
+    for threads in (1, 2):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{threads}.pt")], capture_output=True,
+                             text=True, env={**env, "OMP_NUM_THREADS": str(threads),
+                                             "MMDLIB_CACHE": str(tmp_path / f"cache{threads}")})
+        assert out.returncode == 0, out.stderr
+    one, two = torch.load(tmp_path / "1.pt"), torch.load(tmp_path / "2.pt")
+    assert all(torch.equal(one[s], two[s]) for s in one)
+
+
+def test_a_damaged_shipped_classifier_is_refused_and_smoke_mode_trains_its_own(tmp_path, monkeypatch):
+    import shutil
+
+    import mmdlib.pretrain as pretrain
+
+    shutil.copytree(pretrain.CLASSIFIERS, tmp_path / "classifiers")
+    path = tmp_path / "classifiers" / "digits-a.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(pretrain, "CLASSIFIERS", tmp_path / "classifiers")
+    with pytest.raises(mmdlib.MMDLibError, match="shipped digit classifier .* does not match its hash"):
+        pretrain.digits_classifier("digits-a")
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / "cache"))
+    net, acc, mean, std, cfg = pretrain.digits_classifier("digits-a")
+    assert cfg.epochs == 1 and (tmp_path / "cache" / "digits-net").is_dir()
