@@ -5,7 +5,6 @@ stand in for the hardware in one place.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -22,36 +21,6 @@ def check_device_name(name: str) -> str:
         except (RuntimeError, TypeError):
             raise MMDLibError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
     return name
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    """Run the block with ``n`` intra-op threads (torch's), then restore the count: a CPU training whose weights
-    must not depend on the machine's thread count runs under ``threads(1)`` (reductions split across threads
-    sum in another order, and the weights of a 40-epoch classifier drift apart in the second decimal)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def cores() -> int:
-    """The CPU cores this process may run on (its affinity, as a container or ``taskset`` limits it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def worker_count(requested: int) -> int:
-    """DataLoader workers: ``requested``, at most one per core (more only contend: ``--workers 1000`` took 226 s
-    where 20 did the work), saying so when it caps."""
-    if requested > cores():
-        import sys
-
-        print(f"note: {requested} data workers asked for; this machine gives the run {cores()} cores, so it uses "
-              f"{cores()}.", file=sys.stderr)
-        return cores()
-    return requested
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import FinetuneConfig
 from .data import Mirrored, data_options, get_dataset
+from .cores import rebalance, sharing_cores
 from .devices import Processes
 from .errors import MMDLibError
 from .export import save_pipeline
@@ -165,10 +166,11 @@ class Finetuner:
             if self.iteration == 0:
                 self.save_grid("iter_000000")
             with tqdm(total=cfg.iterations, initial=self.iteration, desc=f"MMD-DDM {cfg.budget} steps",
-                      disable=not self.progress) as bar:  # closed (its line ended) before an error is printed
+                      disable=not self.progress) as bar, sharing_cores():  # bar closed before an error prints
                 if self.progress and self.memory["policy"] == "auto" and self.checkpoint_steps:
                     bar.write(describe_plan(self.memory))
                 while self.iteration < cfg.iterations:
+                    rebalance()  # its share of the CPU's cores beside other mmdlib runs (mmdlib.cores)
                     t0 = time.perf_counter()
                     loss, gnorm = self.step()
                     self.folder.log({"iteration": self.iteration, "loss": f"{loss:.6g}", "grad_norm": f"{gnorm:.4g}",

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import EVAL_PRECISIONS
+from .cores import rebalance, sharing_cores
 from .errors import MMDLibError
 from .models import LoadedModel
 from .sampling import get_sampler, resolve_spacing, sample_seeded, to_unit
@@ -39,11 +40,13 @@ def generate(model: Callable, n: int, timesteps: Sequence[int], alphas_cumprod: 
     network under bf16 autocast (the chain's state stays fp32)."""
     seeds = stream_seeds(purpose, seed, range(n))
     out = []
-    for start in tqdm(range(0, n, batch_size), desc=f"sampling {len(timesteps)} steps", disable=not progress):
-        with autocast(device, precision):
-            x = sample_seeded(model, seeds[start:start + batch_size], shape, timesteps, alphas_cumprod, sampler,
-                              device=device, **kw)
-        out.append(quantize(to_unit(x.float())).cpu())
+    with sharing_cores():  # its share of the CPU's cores, beside other mmdlib runs (mmdlib.cores)
+        for start in tqdm(range(0, n, batch_size), desc=f"sampling {len(timesteps)} steps", disable=not progress):
+            rebalance()
+            with autocast(device, precision):
+                x = sample_seeded(model, seeds[start:start + batch_size], shape, timesteps, alphas_cumprod, sampler,
+                                  device=device, **kw)
+            out.append(quantize(to_unit(x.float())).cpu())
     return torch.cat(out)
 
 

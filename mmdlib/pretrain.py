@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import devices
+from .cores import threads
 from .cache import cached, file_hash, smoke_test, trained_on
 from .data import digits_dataset
 from .errors import MMDLibError
@@ -256,33 +257,29 @@ def train_digits_net(cfg: DigitsNetConfig, device: str | torch.device = "auto"
     return net.cpu(), acc, f.mean(0).cpu(), sd.clamp_min(0.1 * sd.median()).cpu()
 
 
-# The classifiers' weights, shipped like the base model (`python -m mmdlib.pretrain --classifiers DIR` regenerates
-# them bit for bit: trained on the CPU under one thread, so the machine's thread count cannot change them)
+# The classifiers' weights, shipped like the base model (`--classifiers DIR` regenerates them bit for bit)
 CLASSIFIERS = Path(__file__).parent / "weights" / "classifiers"
 CLASSIFIER_SHA256 = {"digits-a": "0672c4dd1bb98683922dedc1efcedf5c4429c22b5b261de6a248444cc9ffc734",
                      "digits-b": "9d328d2206e88951114e9e9c81f371190bf1f1c83d3f6c3b57747474d69df224"}
 
 
 def write_classifier(name: str, path: Path) -> Path:
-    """Train the classifier ``name`` with its recipe on the CPU under one thread and write it to ``path``
-    (safetensors: the net's state as ``net.*``, the feature ``mean`` and ``std``; test accuracy and recipe in
-    the metadata, as one JSON entry)."""
+    """Train the classifier ``name`` on the CPU under one thread (no machine's thread count changes it) and write
+    it to ``path``: the net's state as ``net.*``, ``mean``, ``std``; test accuracy and recipe in the metadata."""
     from safetensors.torch import save_file
 
     cfg = DIGITS_NETS[name]
-    with devices.threads(1):
+    with threads(1):
         net, acc, mean, std = train_digits_net(cfg, "cpu")
     tensors = {**{f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}, "mean": mean, "std": std}
     path.parent.mkdir(parents=True, exist_ok=True)
-    # one metadata entry: safetensors writes several in no fixed order, and the file's hash must be stable
-    info = {"test_accuracy": acc, "recipe": dataclasses.asdict(cfg)}
+    info = {"test_accuracy": acc, "recipe": dataclasses.asdict(cfg)}  # one entry: several come in no fixed order
     save_file(tensors, str(path), metadata={"mmdlib": json.dumps(info, sort_keys=True)})
     return path
 
 
 def _shipped_classifier(name: str) -> tuple[dict, float] | None:
-    """The package's copy of classifier ``name`` (its tensors, its test accuracy), verified by hash; None if
-    the package has none."""
+    """The package's copy of classifier ``name`` (its tensors, test accuracy), hash-checked; None if it has none."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -316,7 +313,7 @@ def digits_classifier(name: str) -> tuple[DigitsNet, float, torch.Tensor, torch.
         cfg = dataclasses.replace(cfg, epochs=1)
 
     def build(tmp: Path) -> None:
-        with devices.threads(1):
+        with threads(1):
             trained, acc, mean, std = train_digits_net(cfg, "cpu")
         torch.save({"state_dict": trained.state_dict(), "test_accuracy": acc, "mean": mean, "std": std},
                    tmp / "net.pt")
@@ -328,18 +325,15 @@ def digits_classifier(name: str) -> tuple[DigitsNet, float, torch.Tensor, torch.
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mmdlib.pretrain --out DIR [--seed S]``: regenerate the embedded base model;
-    ``--classifiers DIR``: the two digit classifiers."""
+    """``python -m mmdlib.pretrain [--out DIR [--seed S]] [--classifiers DIR]``: regenerate what ships."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m mmdlib.pretrain", description="Train the digits base model with "
-                                "the default recipe (DigitsModelConfig) and write it as a diffusers folder, or the "
-                                "digit classifiers (DIGITS_NETS) as safetensors files.")
+    p = argparse.ArgumentParser(prog="python -m mmdlib.pretrain", description="Train the digits base model's "
+                                "default recipe (a diffusers folder) and/or the digit classifiers (safetensors).")
     p.add_argument("--out", default=None, help=f"output folder of the base model (the package ships {SHIPPED})")
     p.add_argument("--seed", type=int, default=None, help="seed of the weights and the batches (default: the "
                    "recipe's, which made the shipped weights)")
-    p.add_argument("--classifiers", default=None, help=f"output folder of the classifiers (the package ships "
-                   f"{CLASSIFIERS})")
+    p.add_argument("--classifiers", default=None, help=f"output folder of the classifiers (shipped: {CLASSIFIERS})")
     a = p.parse_args(argv)
     if a.out is None and a.classifiers is None:
         p.error("give --out (the base model), --classifiers (the digit classifiers), or both")

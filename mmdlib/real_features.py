@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .devices import worker_count
+from .cores import worker_count
 from .features import FeatureExtractor
 from .streams import stream_seed
 

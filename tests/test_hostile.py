@@ -237,6 +237,7 @@ def test_an_unusable_cache_is_one_line(tmp_path, tiny, monkeypatch, capsys, cach
     if cache == "a file":
         path.write_text("not a folder")
     monkeypatch.setenv("MMDLIB_CACHE", str(path) if cache == "a file" else _unwritable())
+    monkeypatch.setenv("MMDLIB_SMOKE", "1")  # its one-epoch classifiers are trained and cached (the full ones ship)
     assert finetune(tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert "cannot be written" in err and "set MMDLIB_CACHE to a writable folder" in err and err.count("\n") == 1
@@ -604,10 +605,10 @@ def test_images_of_another_size_say_how_to_resize(tmp_path, tiny, capsys):
 # --- slow paths say so, or stop being slow ------------------------------------------------------------------------
 
 def test_workers_are_capped_at_the_cores_with_a_note(monkeypatch, capsys):
-    from mmdlib import devices
+    from mmdlib import cores
 
-    monkeypatch.setattr(devices, "cores", lambda: 2)
-    assert devices.worker_count(1000) == 2 and devices.worker_count(1) == 1
+    monkeypatch.setattr(cores, "cores", lambda: 2)
+    assert cores.worker_count(1000) == 2 and cores.worker_count(1) == 1
     assert "1000 data workers asked for; this machine gives the run 2 cores, so it uses 2" in capsys.readouterr().err
 
 
