@@ -110,9 +110,8 @@ class Finetuner:
         return self.timesteps if self.schedule is None else self.schedule().tolist()
 
     def loss(self, it: int) -> torch.Tensor:
-        """Iteration ``it``'s loss on the global batch, this process generating its share (``train_seeds``).
-        With dropout on, torch's global generator is seeded from the run's "dropout" stream just before the
-        chain (after the real batch and the memory plan, which draw from it too): a resume repeats the masks."""
+        """Iteration ``it``'s loss on the global batch, this process generating its share (``train_seeds``). With
+        dropout, torch's generator is seeded from the "dropout" stream just before the chain: a resume repeats masks."""
         real, self.objective.checkpoint = self.real(it), self.checkpoint_steps
         if self.schedule is not None:
             self.objective.timesteps = self.schedule()  # real-valued, with their gradient
