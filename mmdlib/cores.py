@@ -6,7 +6,7 @@ Two runs at once on two cores, each with torch's default two threads, ran at 0.2
 evaluation's sampling) it registers in a folder of the machine's active mmdlib runs, and between steps
 (``rebalance``) takes the cores divided among them: alone, all of them; beside another run, half.
 ``MMDLIB_THREADS=n`` fixes the count; an ``OMP_NUM_THREADS`` set by the caller (the book's build gives each
-kernel its share) is respected as it is. The thread count changes the last bits of a finetune's weights
+kernel its share), or a count the program set with ``torch.set_num_threads``, is respected as it is. The thread count changes the last bits of a finetune's weights
 (sums split across threads add in another order), never a printed digit we have seen; a run that must be
 bit-reproducible whatever runs beside it sets ``MMDLIB_THREADS``.
 """
@@ -22,7 +22,13 @@ import torch
 
 from .errors import MMDLibError
 
-_held: dict = {"fd": None, "depth": 0, "threads": None}  # this process's registration (re-entrant)
+_held: dict = {"fd": None, "depth": 0, "threads": None, "own": False}  # this process's registration (re-entrant)
+_DEFAULT = torch.get_num_threads()  # torch's own choice for this machine (its physical cores), before we change it
+
+
+def machine_threads() -> int:
+    """The threads one run alone computes with: torch's default here (its physical cores, not hyperthreads)."""
+    return _DEFAULT
 
 
 def cores() -> int:
@@ -83,7 +89,7 @@ def active_runs() -> int:
 
 def fair_threads() -> int | None:
     """The intra-op threads this process should use now: ``MMDLIB_THREADS``; None (leave torch's) where the
-    caller set ``OMP_NUM_THREADS``; else the cores divided among the active runs (at least one)."""
+    caller set ``OMP_NUM_THREADS``; else ``machine_threads()`` divided among the active runs (at least one)."""
     fixed = os.environ.get("MMDLIB_THREADS")
     if fixed:
         if not fixed.isdigit() or int(fixed) < 1:
@@ -91,12 +97,13 @@ def fair_threads() -> int | None:
         return int(fixed)
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    return max(1, cores() // active_runs())
+    return max(1, machine_threads() // active_runs())
 
 
 def rebalance() -> None:
-    """Between steps of heavy work: take ``fair_threads()`` (cheap: a folder listing)."""
-    n = fair_threads()
+    """Between steps of heavy work: take ``fair_threads()`` (cheap: a folder listing), unless the program had set
+    its own count (``torch.set_num_threads``) when the work began."""
+    n = None if _held["own"] else fair_threads()
     if n is not None and n != torch.get_num_threads():
         torch.set_num_threads(n)
 
@@ -120,6 +127,7 @@ def sharing_cores():
 
 def _register() -> None:
     _held["threads"] = torch.get_num_threads()
+    _held["own"] = _held["threads"] != _DEFAULT and not os.environ.get("MMDLIB_THREADS")
     try:
         import fcntl
 

@@ -11,8 +11,9 @@ from mmdlib.errors import MMDLibError
 
 @pytest.fixture
 def machine(tmp_path, monkeypatch):
-    """A 4-core machine whose registry of active runs is ``tmp_path``, with no thread setting in the environment."""
-    monkeypatch.setattr(cores, "cores", lambda: 4)
+    """A machine of 4 threads whose registry of active runs is ``tmp_path``, with no thread setting in the environment."""
+    monkeypatch.setattr(cores, "machine_threads", lambda: 4)
+    monkeypatch.setattr(cores, "_DEFAULT", torch.get_num_threads())  # the program has not set its own count
     monkeypatch.setattr(cores, "runs_folder", lambda: tmp_path)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MMDLIB_THREADS", raising=False)
@@ -29,7 +30,7 @@ def another_run(folder, pid):
 
 
 def test_a_run_takes_the_cores_divided_among_the_active_runs_and_gives_them_back(machine):
-    torch.set_num_threads(3)
+    before = torch.get_num_threads()
     with cores.sharing_cores():
         assert cores.active_runs() == 1 and torch.get_num_threads() == 4  # alone: every core
         other = another_run(machine, 999_999)
@@ -40,7 +41,16 @@ def test_a_run_takes_the_cores_divided_among_the_active_runs_and_gives_them_back
         os.close(other)  # the other run ended (or died): its lock is gone, its file is cleaned up
         cores.rebalance()
         assert torch.get_num_threads() == 4 and not (machine / "999999.run").exists()
-    assert torch.get_num_threads() == 3 and list(machine.glob("*.run")) == []  # no longer counted
+    assert torch.get_num_threads() == before and list(machine.glob("*.run")) == []  # no longer counted
+
+
+def test_a_count_the_program_set_itself_is_kept(machine):
+    other = another_run(machine, 999_997)
+    torch.set_num_threads(3)
+    with cores.sharing_cores():
+        cores.rebalance()
+        assert torch.get_num_threads() == 3 and cores.active_runs() == 2
+    os.close(other)
 
 
 def test_mmdlib_threads_fixes_the_count_and_omp_num_threads_is_left_alone(machine, monkeypatch):
