@@ -19,7 +19,7 @@ from torch import nn
 from .dinov2 import DinoV2Features
 from .errors import MMDLibError, unreadable
 from .extractor import RANGE_TOLERANCE, FeatureExtractor  # noqa: F401  (their public home is here)
-from .pretrain import digits_classifier
+from .classifiers import digits_classifier
 
 
 # --- Inception-V3 (torch-fidelity) ---------------------------------------------------------------------
@@ -180,7 +180,7 @@ class ClipFeatures(FeatureExtractor):
 # --- The digits feature spaces ---------------------------------------------------------------------------
 
 class DigitsFeatures(FeatureExtractor):
-    """A small CNN trained on the digits (``pretrain.digits_classifier``: shipped with the package, hash-checked);
+    """A small CNN trained on the digits (``classifiers.digits_classifier``: shipped with the package, hash-checked);
     its features are ``DigitsNet.raw_features``, standardised."""
 
     channels, size = 1, 8

@@ -135,13 +135,13 @@ def test_digits_nets_are_accurate_and_differentiable(name):
 def test_digit_nets_train_on_the_cpu_under_one_thread_even_with_a_gpu(tmp_path, monkeypatch):
     # CUDA mocked on the CPU: the (smoke) classifier still trains on the CPU under one thread, so its weights are
     # the same on every machine, and its cache key says so
-    import mmdlib.pretrain as pretrain
+    import mmdlib.classifiers as classifiers
     from helpers import fake_cuda
 
     monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path))
     monkeypatch.setenv("MMDLIB_SMOKE", "1")  # one epoch
-    sent, seen, real = fake_cuda(monkeypatch), [], pretrain.train_digits_net
-    monkeypatch.setattr(pretrain, "train_digits_net",
+    sent, seen, real = fake_cuda(monkeypatch), [], classifiers.train_digits_net
+    monkeypatch.setattr(classifiers, "train_digits_net",
                         lambda cfg, device: seen.append((torch.get_num_threads(), str(device))) or real(cfg, device))
     get_feature_extractor("digits-a")
     assert seen == [(1, "cpu")] and not sent
@@ -170,7 +170,7 @@ def test_a_second_process_finds_the_cached_net(tmp_path, monkeypatch):
     monkeypatch.setenv("MMDLIB_SMOKE", "1")
     monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path))
     first = get_feature_extractor("digits-a").test_accuracy
-    code = ("import mmdlib.pretrain as p\n"
+    code = ("import mmdlib.classifiers as p\n"
             "def boom(*a): raise SystemExit('retrained instead of loading the cache')\n"
             "p.train_digits_net = boom\n"
             "from mmdlib.features import get_feature_extractor\n"

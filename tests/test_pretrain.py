@@ -120,13 +120,13 @@ def test_the_digit_classifiers_ship_and_one_command_regenerates_them_bit_for_bit
     """The classifiers' weights are shipped (their hash checked), so no machine trains its own; the command
     that made them, run here in a process with 2 threads, gives the same files byte for byte (it trains on
     one thread: their weights would otherwise depend on the machine's thread count)."""
-    import mmdlib.pretrain as pretrain
+    import mmdlib.classifiers as classifiers
 
     out = subprocess.run([sys.executable, "-m", "mmdlib.pretrain", "--classifiers", str(tmp_path)],
                          capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
     assert out.returncode == 0, out.stderr
-    for name, sha in pretrain.CLASSIFIER_SHA256.items():
-        assert file_hash(tmp_path / f"{name}.safetensors") == sha == file_hash(pretrain.CLASSIFIERS / f"{name}.safetensors")
+    for name, sha in classifiers.CLASSIFIER_SHA256.items():
+        assert file_hash(tmp_path / f"{name}.safetensors") == sha == file_hash(classifiers.CLASSIFIERS / f"{name}.safetensors")
         assert f"{name}.safetensors: sha256 {sha}" in out.stdout
 
 
@@ -147,17 +147,17 @@ def test_digit_features_do_not_depend_on_the_thread_count_from_an_empty_cache(tm
 def test_a_damaged_shipped_classifier_is_refused_and_smoke_mode_trains_its_own(tmp_path, monkeypatch):
     import shutil
 
-    import mmdlib.pretrain as pretrain
+    import mmdlib.classifiers as classifiers
 
-    shutil.copytree(pretrain.CLASSIFIERS, tmp_path / "classifiers")
+    shutil.copytree(classifiers.CLASSIFIERS, tmp_path / "classifiers")
     path = tmp_path / "classifiers" / "digits-a.safetensors"
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    monkeypatch.setattr(pretrain, "CLASSIFIERS", tmp_path / "classifiers")
+    monkeypatch.setattr(classifiers, "CLASSIFIERS", tmp_path / "classifiers")
     with pytest.raises(mmdlib.MMDLibError, match="shipped digit classifier .* does not match its hash"):
-        pretrain.digits_classifier("digits-a")
+        classifiers.digits_classifier("digits-a")
     monkeypatch.setenv("MMDLIB_SMOKE", "1")
     monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / "cache"))
-    net, acc, mean, std, cfg = pretrain.digits_classifier("digits-a")
+    net, acc, mean, std, cfg = classifiers.digits_classifier("digits-a")
     assert cfg.epochs == 1 and (tmp_path / "cache" / "digits-net").is_dir()
