@@ -5,15 +5,14 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from . import devices
-from .config import EVAL_PRECISIONS, EvalConfig, FinetuneConfig
 from .cache import atomic_write
+from .config import EVAL_PRECISIONS, EvalConfig, FinetuneConfig
 from .errors import Interrupted, MMDLibError
 from .features import FEATURES, INCEPTION_SPACES
-from .presets import PRESETS, get_preset
 from .outputs import check_output_folder
+from .presets import PRESETS, get_preset
 from .runfolder import RunFolder, check_resume_overwrite
 from .sampling import SAMPLERS
 
