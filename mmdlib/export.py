@@ -115,6 +115,18 @@ def save_pipeline(model: torch.nn.Module, path: str | Path, budget: int = 5, alp
     return path
 
 
+def remove_files(files: list[Path], folders: list[Path]) -> None:
+    """Remove ``files``, then each of ``folders`` (deepest first) that this leaves empty: a folder that still holds
+    something (a user's file) stays."""
+    for p in files:
+        p.unlink(missing_ok=True)
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty, or already gone
+            pass
+
+
 def _refuse_replacing(out: Path, overwrite: bool, marker: str) -> None:
     """Refuse, deleting nothing, an ``--out`` that may not be written whole: a symbolic link, the current folder
     or one holding it, a non-empty folder without ``overwrite``, and with it any folder but one the same
@@ -159,12 +171,7 @@ def write_folder(out: str | Path, write: Callable[[Path], None], overwrite: bool
     try:
         write(tmp / "model")
         if out.exists():
-            files, folders = pipeline_files(out)  # all it holds (checked above)
-            for p in files:
-                p.unlink()
-            for p in folders:
-                if p.is_dir():
-                    p.rmdir()
+            remove_files(*pipeline_files(out))  # all it holds (checked above)
         (tmp / "model").rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

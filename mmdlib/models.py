@@ -124,27 +124,28 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> LoadedM
     if local and (hint := _not_a_model_folder(Path(repo))):
         raise MMDLibError(f"model {hint}")
     offline = None if local else offline_reason()  # asked once: no retries against a hub that cannot answer
+    cached_only = offline is not None
     try:
         sub = "unet" if (Path(repo) / "unet").is_dir() or (not local and _read_json(
-            repo, ["unet/config.json"], False, offline is not None)) else None
-        config = _read_json(repo, [f"{sub}/config.json" if sub else "config.json"], local, offline is not None) or {}
+            repo, ["unet/config.json"], False, cached_only)) else None
+        config = _read_json(repo, [f"{sub}/config.json" if sub else "config.json"], local, cached_only) or {}
         cls = UNET_CLASSES.get(config.get("_class_name", "UNet2DModel"))
         if cls is None:
             raise OSError(f"its UNet is a {config['_class_name']}, not one mmdlib knows ({', '.join(UNET_CLASSES)})")
         with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it has deprecated
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            unet = cls.from_pretrained(repo, subfolder=sub, **({"local_files_only": True} if offline else {}))
+            unet = cls.from_pretrained(repo, subfolder=sub, **({"local_files_only": True} if cached_only else {}))
         sched = _read_json(repo, ["scheduler/scheduler_config.json", "scheduler_config.json"], local,
-                           offline is not None) or {}
-        meta = _read_json(repo, [META_FILE], local, offline is not None) or {}
+                           cached_only) or {}
+        meta = _read_json(repo, [META_FILE], local, cached_only) or {}
         ac = _schedule_from_config(sched)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as e:
         detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else "no detail"
         if local:  # a config.json of the wrong types, a damaged weights file, ...
             raise MMDLibError(f"could not load a diffusers UNet from the folder {repo!r} ({type(e).__name__}: "
                               f"{detail}).") from None
-        how = (f"{offline[0].upper()}{offline[1:]}, and there is no local copy in the Hugging Face cache. "
-               if offline else f"The hub answered, but not with a model mmdlib can load ({type(e).__name__}: {detail}). ")
+        how = (f"{offline[0].upper()}{offline[1:]}, and there is no local copy in the Hugging Face cache. " if offline
+               else f"The hub answered, but not with a model mmdlib can load ({type(e).__name__}: {detail}). ")
         raise MMDLibError(f"could not load {repo!r}. {how}On a connected machine run `hf download {repo}` "
                           f"(huggingface_hub's command; it fills the cache this machine reads), or download it "
                           f"and pass the local folder instead.") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .cache import temporaries
 from .errors import MMDLibError
-from .export import pipeline_files
+from .export import pipeline_files, remove_files
 
 FILES = ("run.json", "checkpoint.pt", "log.csv")  # what a run writes in its folder: these files,
 GRIDS = "samples"  # its sample grids, iter_NNNNNN.png in this folder,
@@ -35,7 +35,8 @@ class RunFiles:
         """(the files a run wrote here, the folders to remove where that empties them): ``files``, the grids in
         ``GRIDS`` and each pipeline's own files. Refuses, before anything is removed, a plan that would follow
         or delete through a symbolic link, or that finds a file where a run writes a folder."""
-        files = [p for p in self.owned() if p.name not in (GRIDS, *self.pipelines)]
+        owned = self.owned()
+        files = [p for p in owned if p.name not in (GRIDS, *self.pipelines)]
         folders = []
         grids = self.path / GRIDS
         if grids.is_dir() and not grids.is_symlink():
@@ -45,7 +46,7 @@ class RunFiles:
             if (self.path / name).is_dir() and not (self.path / name).is_symlink():
                 inside, dirs = pipeline_files(self.path / name)
                 files, folders = files + inside, folders + dirs
-        for p in [*files, *folders, *self.owned()]:
+        for p in [*files, *folders, *owned]:
             if p.is_symlink():
                 raise MMDLibError(f"{str(p)!r} is a symbolic link (to {os.readlink(p)!r}); a run writes "
                                   f"{p.relative_to(self.path).parts[0]} itself, so mmdlib neither writes through "
@@ -58,14 +59,13 @@ class RunFiles:
 
     def remove_written(self) -> None:
         """Remove what a run wrote here (``written``: planned whole, then removed), leaving anything else."""
-        files, folders = self.written()
-        for p in files:
-            p.unlink(missing_ok=True)
-        for p in folders:
-            try:
-                p.rmdir()
-            except OSError:  # a folder holding files that are not a run's: they stay
-                pass
+        remove_files(*self.written())
+
+    def remove_temporaries(self) -> None:
+        """Remove the temporary files a killed process left beside the run's files (``cache.temporaries``)."""
+        for written in (self.run_file, self.checkpoint, self.log_file):
+            for stale in temporaries(written):
+                stale.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Remove what this run wrote, and the folder if opening it created it and nothing else is in it: a run
@@ -73,9 +73,7 @@ class RunFiles:
         if not self.main:
             return
         self.remove_written()
-        for written in (self.run_file, self.checkpoint, self.log_file):
-            for stale in temporaries(written):
-                stale.unlink(missing_ok=True)
+        self.remove_temporaries()
         if self.created:
             try:
                 self.path.rmdir()

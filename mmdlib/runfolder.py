@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import atomic_save, atomic_write, check_finite, temporaries
+from .cache import atomic_save, atomic_write, check_finite
 from .errors import Interrupted, MMDLibError
 from .outputs import check_output_folder
 from .runfiles import RunFiles
@@ -49,11 +49,16 @@ def _load_plain(path: Path, map_location) -> dict:
     if not isinstance(state, dict) or not {"unet", "optimizer", "iteration"} <= state.keys():
         raise MMDLibError(f"{str(path)!r} is a torch file but not an mmdlib checkpoint (it lacks unet, optimizer and "
                           f"iteration). Restore it, or start again with --overwrite.")
-    if not isinstance(state["iteration"], int) or isinstance(state["iteration"], bool) or state["iteration"] < 0:
+    if not _is_count(state["iteration"]):
         raise MMDLibError(f"{str(path)!r} records iteration {state['iteration']!r}, not a count; it was edited or "
                           f"replaced. Restore it, or start again with --overwrite.")
     check_finite(state["unet"], str(path))  # mmdlib saves only after a step that passed
     return state
+
+
+def _is_count(value) -> bool:
+    """Whether ``value`` is an iteration count: an int (not a bool) >= 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _bad_record(record) -> str | None:
@@ -64,8 +69,7 @@ def _bad_record(record) -> str | None:
     if not isinstance(record.get("identity"), dict):
         return "no identity (the settings that make the run)"
     for key in ("iteration", "iterations"):
-        value = record.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not _is_count(value := record.get(key, 0)):
             return f"{key} {value!r}, not a count"
     return None
 
@@ -220,9 +224,7 @@ class RunFolder(RunFiles):
         if overwrite:
             self.remove_written()
         self.path.mkdir(parents=True, exist_ok=True)
-        for written in (self.run_file, self.checkpoint, self.log_file):
-            for stale in temporaries(written):
-                stale.unlink(missing_ok=True)
+        self.remove_temporaries()
         changes = list((old or {}).get("changes", []))
         for k in CHANGEABLE if old else ():
             if old["identity"].get(k) != record["identity"].get(k):
