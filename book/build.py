@@ -1,11 +1,14 @@
 """Build the book: stage its sources in ``_build/src`` (``book/``, ``_toc.yml``, ``references.bib`` and a
-``_config.yml`` whose footer shows mmdlib's version), execute every notebook in ``notebooks/`` with
-papermill (its default parameters; ``MMDLIB_SMOKE=1`` shrinks them to seconds), two at a time by default,
-into ``_build/src/notebooks/``, write the build report page (``book/build_report.md`` there: each chapter's
-execution time, the machine, the package versions, the date and the commit), then build the HTML into
-``_build/html`` with Jupyter Book in strict mode (warnings are errors). Each chapter's page thus has the
-path of its source in the repository, which the theme's Colab and download buttons use. Results are
-cached under ``$MMDLIB_CACHE``, so a rebuild reruns the notebooks without retraining.
+``_config.yml`` whose footer shows mmdlib's version); compute every cached result the chapters need
+(``book/plan.py``: finetunes, scores, reference features) on a pool of single-threaded workers, the longest
+chain of work first; execute every notebook in ``notebooks/`` with papermill (its default parameters;
+``MMDLIB_SMOKE=1`` shrinks them to seconds) on the warm cache, one thread each and as many at a time as there
+are workers, into ``_build/src/notebooks/``; write the build report page (``book/build_report.md`` there: the
+plan's and each chapter's time, the machine, the package versions, the date and the commit); then build the
+HTML into ``_build/html`` with Jupyter Book in strict mode (warnings are errors). Each chapter's page thus has
+the path of its source in the repository, which the theme's Colab and download buttons use. Results are
+cached under ``$MMDLIB_CACHE``, so a rebuild reruns the notebooks without retraining. One thread per
+computation makes the book's numbers the same whatever the machine's thread count.
 
     python book/build.py [--root DIR] [--skip-html] [--jobs N]
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 
 REPORT = "build_report.md"  # the page every build writes into the staged book/ (not a file in the repository)
 TIMES = "chapter_times.json"  # the last build's chapter times, which order the next build's chapters
+UNPLANNED = "unplanned.jsonl"  # the cache entries the notebooks computed themselves (the plan should leave none)
 LONGEST = ("6_beyond_ddim", "3_evaluation")  # the longest chapters from an empty cache (benchmarks/RESULTS.md)
 PACKAGES = ("mmdlib", "torch", "torchvision", "diffusers", "torch-fidelity", "open_clip_torch", "accelerate",
             "numpy", "scikit-learn", "papermill", "jupyter-book", "myst-nb")
@@ -62,15 +66,37 @@ def chapter_order(root: Path, notebooks: list[Path]) -> list[Path]:
     return sorted(notebooks, key=lambda nb: (LONGEST.index(nb.stem) if nb.stem in LONGEST else len(LONGEST), nb.stem))
 
 
+def compute_plan(root: Path, jobs: int) -> tuple[int, float]:
+    """Compute every cached result the chapters need (``plan.py``) on ``jobs`` single-threaded workers, the
+    longest chain of work first; returns the number of tasks and the wall seconds."""
+    import plan
+
+    tasks = plan.chapter_tasks(root / "notebooks")
+    print(f"computing the chapters' {len(tasks)} cached results, {jobs} at a time (one thread each) ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        plan.execute(tasks, jobs, say=lambda line: print(line, flush=True))
+    except RuntimeError as e:
+        sys.exit(f"the book's plan failed: {e}")
+    return len(tasks), time.perf_counter() - t0
+
+
+def unplanned(log: Path) -> list[str]:
+    """The cache entries (kind/key) the notebooks computed themselves: what the plan left out."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [f"{e['kind']}/{e['key']}" for e in map(json.loads, lines)]
+
+
 def execute_notebooks(root: Path, src: Path, jobs: int = 1) -> dict[str, float]:
     """Execute each notebook of notebooks/ into src/notebooks/ with papermill (run from notebooks/, as a reader
-    would), ``jobs`` at a time, each kernel with its share of the CPU threads; returns each notebook's
-    execution time in seconds, in chapter order. Chapters share results through the cache, whose locks make
-    one wait for an entry another is computing rather than compute it twice."""
+    would), ``jobs`` at a time, each kernel on one thread (so that what a chapter computes is the same on every
+    machine); returns each notebook's execution time in seconds, in chapter order. Each cache entry a notebook
+    computes is logged in ``_build/logs/unplanned.jsonl``."""
     notebooks = sorted((root / "notebooks").glob("*.ipynb"))
     logs = root / "_build" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs))) if jobs > 1 else None
+    (logs / UNPLANNED).unlink(missing_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MMDLIB_CACHE_LOG=str(logs / UNPLANNED))
 
     def run(nb: Path) -> tuple[float, int]:
         out, log = src / "notebooks" / nb.name, logs / f"{nb.stem}.log"
@@ -126,8 +152,9 @@ def commit(root: Path) -> str:
     return head + (" with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def write_report(root: Path, src: Path, times: dict[str, float], jobs: int = 1, wall: float | None = None) -> Path:
-    """src/book/build_report.md: what built the book, where, and how long each chapter took."""
+def write_report(root: Path, src: Path, times: dict[str, float], jobs: int = 1, wall: float | None = None,
+                 planned: tuple[int, float] | None = None, missed: list[str] = ()) -> Path:
+    """src/book/build_report.md: what built the book, where, how long its plan and each chapter took."""
     from mmdlib.cache import cache_dir, smoke_test
 
     def version(name):
@@ -143,6 +170,8 @@ def write_report(root: Path, src: Path, times: dict[str, float], jobs: int = 1, 
         "times are papermill's execution of each notebook with its default parameters, with whatever the",
         "cache (`$MMDLIB_CACHE`) held at the start: a warm cache only loads trained models and scores. The",
         "HTML build that follows is not included.", "",
+        *([f"- cached results (book/plan.py): {planned[0]} tasks on {jobs} single-threaded workers, {planned[1]:,.0f} s "
+           f"({planned[1] / 60:.0f} min); the notebooks computed {len(missed)} entries beyond them"] if planned else []),
         f"- notebooks: {jobs} at a time" + (f", {wall:,.0f} s from the first one's start to the last one's end ({wall / 60:.0f} min)"
                                            if wall is not None else ""),
         f"- built: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
@@ -173,18 +202,27 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
                    help="the book's root (with _config.yml, _toc.yml, notebooks/ and book/)")
     p.add_argument("--skip-html", action="store_true", help="only execute the notebooks (and write the report)")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="chapters executed at a time, each with its share of the CPU threads (default: 2, or 1 on "
-                        "one core): on two cores a warm build takes 58 s instead of 95; from an empty cache it is "
-                        "not faster, as the longest chapter runs on one thread (benchmarks/RESULTS.md)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="workers for the cached results, and chapters executed at a time, each on one thread "
+                        "(default: the machine's physical cores)")
     args = p.parse_args()
+    if args.jobs is None:
+        from mmdlib.cores import machine_threads
+
+        args.jobs = machine_threads()
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
     t0 = time.perf_counter()
     src = stage(args.root)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # plan.py, for this process and its workers
+    planned = compute_plan(args.root, args.jobs)
     t1 = time.perf_counter()
     times = execute_notebooks(args.root, src, args.jobs)
-    write_report(args.root, src, times, args.jobs, time.perf_counter() - t1)
+    missed = unplanned(args.root / "_build" / "logs" / UNPLANNED)
+    if missed:
+        print(f"warning: the notebooks computed {len(missed)} cache entries the plan (book/plan.py) does not list, "
+              f"on one core each: {', '.join(missed[:10])}", file=sys.stderr)
+    write_report(args.root, src, times, args.jobs, time.perf_counter() - t1, planned, missed)
     if not args.skip_html:
         build_html(args.root, src)
     print(f"book built in {time.perf_counter() - t0:.0f} s: {args.root / '_build' / 'html' / 'index.html'}")

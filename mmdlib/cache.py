@@ -126,9 +126,19 @@ def cached(kind: str, config: dict, build: Callable[[Path], None]) -> Path:
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _log_built(kind, final.name)
     finally:
         lock.release()
     return final
+
+
+def _log_built(kind: str, key: str) -> None:
+    """With ``$MMDLIB_CACHE_LOG`` set, append the entry just built (a JSON line: kind, key, process): the
+    book's build names what the notebooks computed that its plan did not."""
+    path = os.environ.get("MMDLIB_CACHE_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"kind": kind, "key": key, "pid": os.getpid()}) + "\n")
 
 
 TEMPORARY = ".mmdlib-tmp-"  # atomic_write's temporary files are ".<name>.mmdlib-tmp-<8 of tempfile's characters>"
