@@ -30,7 +30,7 @@ from pathlib import Path
 REPORT = "build_report.md"  # the page every build writes into the staged book/ (not a file in the repository)
 TIMES = "chapter_times.json"  # the last build's chapter times, which order the next build's chapters
 UNPLANNED = "unplanned.jsonl"  # the cache entries the notebooks computed themselves (the plan should leave none)
-LONGEST = ("6_beyond_ddim", "3_evaluation")  # the longest chapters from an empty cache (benchmarks/RESULTS.md)
+LONGEST = ("7_learned_timesteps",)  # the longest chapter on the plan's warm cache (it times finetune iterations)
 PACKAGES = ("mmdlib", "torch", "torchvision", "diffusers", "torch-fidelity", "open_clip_torch", "accelerate",
             "numpy", "scikit-learn", "papermill", "jupyter-book", "myst-nb")
 
@@ -57,8 +57,8 @@ def stage(root: Path) -> Path:
 
 def chapter_order(root: Path, notebooks: list[Path]) -> list[Path]:
     """The notebooks, longest first, so that parallel workers finish together: by the previous build's
-    times (``_build/chapter_times.json``) when there are some, else the longest chapters from an empty cache
-    (``LONGEST``, measured in benchmarks/RESULTS.md) first and then the others in order."""
+    times (``_build/chapter_times.json``) when there are some, else the longest chapter on a warm cache
+    (``LONGEST``) first and then the others in order."""
     record = root / "_build" / TIMES
     times = json.loads(record.read_text()) if record.exists() else {}
     if set(times) >= {nb.stem for nb in notebooks}:
@@ -68,17 +68,17 @@ def chapter_order(root: Path, notebooks: list[Path]) -> list[Path]:
 
 def compute_plan(root: Path, jobs: int) -> tuple[int, float]:
     """Compute every cached result the chapters need (``plan.py``) on ``jobs`` single-threaded workers, the
-    longest chain of work first; returns the number of tasks and the wall seconds."""
+    longest chain of work first; returns the number of tasks done and the wall seconds."""
     import plan
 
     tasks = plan.chapter_tasks(root / "notebooks")
     print(f"computing the chapters' {len(tasks)} cached results, {jobs} at a time (one thread each) ...", flush=True)
     t0 = time.perf_counter()
     try:
-        plan.execute(tasks, jobs, say=lambda line: print(line, flush=True))
+        seconds = plan.execute(tasks, jobs, say=lambda line: print(line, flush=True))
     except RuntimeError as e:
         sys.exit(f"the book's plan failed: {e}")
-    return len(tasks), time.perf_counter() - t0
+    return len(seconds), time.perf_counter() - t0  # with the tasks that others added (chapter 7's)
 
 
 def unplanned(log: Path) -> list[str]:

@@ -243,6 +243,8 @@ def chapter_tasks(notebooks: Path) -> list[Task]:
 # --- the pool ---
 
 def _one_thread() -> None:
+    """A worker's start: one thread, set before torch (and its OpenMP) loads."""
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     import torch
 
     torch.set_num_threads(1)
@@ -274,7 +276,6 @@ def execute(tasks: list[Task], jobs: int, say: Callable[[str], None] = print) ->
     """Run ``tasks`` on ``jobs`` single-threaded worker processes, the highest rank first among those whose
     ``after`` are done; returns each task's seconds. A failed task stops new work (what finished stays cached)
     and raises ``RuntimeError`` naming it."""
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the workers inherit it: one thread each
     pending, done, seconds = {t.name: t for t in tasks}, set(), {}
     ranks = _ranks(pending)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:

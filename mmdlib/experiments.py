@@ -26,7 +26,7 @@ from .evaluate import evaluate, reference_features, reference_key
 from .features import FeatureExtractor, get_feature_extractor
 from .finetune import Finetuner, real_dataset
 from .generate import generate, grid_samples
-from .metrics import embed, fid_from_features
+from .metrics import METRICS, embed, fid_from_features
 from .models import LoadedModel, load_model
 from .notebook import check_parameters as _check_parameters
 from .sampling import ddim_sample, noise, slerp, to_unit
@@ -167,7 +167,7 @@ def data_floor(run: Run, budget: int, dataset: str = "digits", split: str = "all
         extractor = get_feature_extractor(space).to(device)
         ref = reference_features(dataset, split, space, extractor, device=device, **data_kw)
         key = {"model": m.identity(), "budget": budget, "timesteps": steps, "sampler": sampler, "draws": draws,
-               "stream": "eval", "device": device.type,
+               "stream": "eval", "device": device.type, "metrics": METRICS,  # as the scores' keys (issue 28)
                "reference": reference_key(dataset, split, extractor, **data_kw)}
 
         def build(tmp: Path) -> None:

@@ -3,6 +3,11 @@ import os
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: each computes on one thread (set before torch loads, and inherited by
+    # the CLI runs tests start), so that workers do not fight over cores (mmdlib.cores) and results do not depend
+    # on the machine
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests build what they need (digit classifiers, tiny base models) in a fresh cache, never the user's.
 os.environ["MMDLIB_CACHE"] = tempfile.mkdtemp(prefix="mmdlib-test-cache-")
 
@@ -10,6 +15,16 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 from helpers import DINOV2_SHAPE, make_tiny_unet
+
+
+# tests that share an expensive module fixture run on one xdist worker (--dist loadgroup), which builds it once
+SHARED_FIXTURES = ("smoke_book", "tiny_model_dir")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(name in item.fixturenames for name in SHARED_FIXTURES):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture

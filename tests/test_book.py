@@ -142,17 +142,18 @@ def _build_module():
 
 def test_chapters_start_longest_first(tmp_path):
     build = _build_module()
-    names = ["1_a", "2_b", "3_evaluation", "4_c", "6_beyond_ddim"]
+    names = ["1_a", "2_b", "3_c", "4_d", "7_learned_timesteps"]
     nbs = [tmp_path / "notebooks" / f"{n}.ipynb" for n in names]
-    # no earlier build: the chapters measured longest from an empty cache, then the others in order
-    assert [nb.stem for nb in build.chapter_order(tmp_path, nbs)] == ["6_beyond_ddim", "3_evaluation", "1_a",
-                                                                      "2_b", "4_c"]
+    # no earlier build: the chapter measured longest on a warm cache, then the others in order
+    assert [nb.stem for nb in build.chapter_order(tmp_path, nbs)] == ["7_learned_timesteps", "1_a", "2_b", "3_c",
+                                                                      "4_d"]
     (tmp_path / "_build").mkdir()
     (tmp_path / "_build" / build.TIMES).write_text(json.dumps(dict(zip(names, [5, 30, 1, 20, 2]))))
-    assert [nb.stem for nb in build.chapter_order(tmp_path, nbs)] == ["2_b", "4_c", "1_a", "6_beyond_ddim",
-                                                                      "3_evaluation"]
+    assert [nb.stem for nb in build.chapter_order(tmp_path, nbs)] == ["2_b", "4_d", "1_a", "7_learned_timesteps",
+                                                                      "3_c"]
     # a chapter the last build did not time (a new one): the default order again
-    assert build.chapter_order(tmp_path, nbs + [tmp_path / "notebooks" / "7_new.ipynb"])[0].stem == "6_beyond_ddim"
+    assert build.chapter_order(tmp_path, nbs + [tmp_path / "notebooks" / "8_new.ipynb"])[0].stem == \
+        "7_learned_timesteps"
 
 
 @pytest.mark.slow
@@ -173,6 +174,17 @@ def test_a_failing_chapter_is_named_with_its_error_after_the_others_finish(tmp_p
         assert not nbformat.read(tmp_path / "_build" / "src" / "notebooks" / f"{name}.ipynb", 4).metadata[
             "papermill"]["exception"]
     assert not (tmp_path / "_build" / "chapter_times.json").exists()  # a failed build does not order the next
+
+
+@pytest.mark.slow
+def test_the_plan_computes_every_cache_entry_the_notebooks_ask_for(smoke_book):
+    # book/plan.py ran first from an empty cache; had a notebook computed an entry itself (a parameter the plan
+    # does not mirror), the cache log would name it
+    log = smoke_book / "_build" / "logs" / "unplanned.jsonl"
+    assert not log.exists() or not log.read_text().strip(), log.read_text()
+    report = (smoke_book / "_build" / "src" / "book" / "build_report.md").read_text()
+    assert re.search(r"cached results \(book/plan.py\): \d+ tasks on \d+ single-threaded workers", report)
+    assert "the notebooks computed 0 entries beyond them" in report
 
 
 @pytest.mark.slow

@@ -1,3 +1,5 @@
+import json
+import os
 import subprocess
 import sys
 
@@ -17,6 +19,18 @@ def test_keyed_by_config(tmp_path, monkeypatch):
     a, a2, b = cached("k", {"v": 1}, build), cached("k", {"v": 1}, build), cached("k", {"v": 2}, build)
     assert a == a2 != b and len(calls) == 2 and cache_dir() == tmp_path
     assert (a / "x.txt").read_text() == "1" and (b / "x.txt").read_text() == "2"
+
+
+def test_the_cache_log_lists_what_was_built_not_what_was_found(tmp_path, monkeypatch):
+    # book/build.py reads it to name what the notebooks computed beyond its plan
+    monkeypatch.setenv("MMDLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MMDLIB_CACHE_LOG", str(tmp_path / "log.jsonl"))
+    a = cached("k", {"v": 1}, lambda f: None)
+    cached("k", {"v": 1}, lambda f: None)
+    with pytest.raises(ValueError):  # a failed build is not an entry
+        cached("k", {"v": 2}, lambda f: (_ for _ in ()).throw(ValueError()))
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lines == [{"kind": "k", "key": a.name, "pid": os.getpid()}]
 
 
 def test_a_failed_build_leaves_nothing(tmp_path, monkeypatch):

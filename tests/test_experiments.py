@@ -158,6 +158,9 @@ def test_the_data_floor_splits_the_real_images_in_halves_and_samples_once_per_dr
     calls.clear()
     assert ex.data_floor(run, 2, "digits", "test", ("digits-b",), draws=2) == {"digits-b": got["digits-b"]}
     assert calls == []  # cached
+    monkeypatch.setattr(ex, "METRICS", {**ex.METRICS, "fid_features": "another"})  # the metrics' code changed
+    ex.data_floor(run, 2, "digits", "test", ("digits-b",), draws=2)
+    assert calls == [0, 1]  # computed again, as the scores are (a floor computed before 0.2's metrics was kept)
 
 
 def test_the_nearest_distance_table_tells_copying_from_sampling():
