@@ -17,16 +17,6 @@ from diffusers import UNet2DModel
 from helpers import DINOV2_SHAPE, make_tiny_unet
 
 
-# tests that share an expensive module fixture run on one xdist worker (--dist loadgroup), which builds it once
-SHARED_FIXTURES = ("smoke_book", "tiny_model_dir")
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if any(name in item.fixturenames for name in SHARED_FIXTURES):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture
 def tiny_unet() -> UNet2DModel:
     return make_tiny_unet()
