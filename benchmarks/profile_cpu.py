@@ -1,11 +1,13 @@
 """Where a finetune iteration's and an evaluation's CPU time goes (issue 28, step 3), by torch operator.
 
     python benchmarks/profile_cpu.py [--iterations 3] [--samples 1000]
+    OMP_NUM_THREADS=1 python benchmarks/profile_cpu.py --samples 5000   # as the book's build computes
 
 One digits-preset finetune (5 DDIM steps, batch 128) through ``Finetuner.step`` after one untimed step, and
 ``generate`` of ``--samples`` samples at 5 steps plus their digits-b features, each under
 ``torch.profiler`` on the CPU. Prints the top operators by self CPU time and the share of the wall time they
-account for (the rest is Python and dispatch overhead between them).
+account for (the rest is Python and dispatch overhead between them); then one whole evaluation seed of
+``--samples`` samples by part (sampling, embedding, scores).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from mmdlib import digits_dataset, load_model
 from mmdlib.features import get_feature_extractor
 from mmdlib.finetune import Finetuner
 from mmdlib.generate import generate
-from mmdlib.metrics import embed
+from mmdlib.evaluate import reference_features
+from mmdlib.metrics import embed, score_features
 from mmdlib.presets import get_preset
 from mmdlib.schedules import timestep_subset
 
@@ -62,6 +65,30 @@ def main() -> None:
         wall = time.perf_counter() - t0
     print(f"\nevaluation: {a.samples} samples at 5 steps and their digits-b features")
     table(prof, wall)
+    parts(a.samples)
+
+
+def parts(n: int) -> None:
+    """One evaluation seed of the book's (``n`` samples at 5 steps, scored in both digit spaces) by part, as one
+    of the build's score tasks computes it: sampling, embedding, then each space's scores (FID, KID,
+    precision/recall, IS) against the real features."""
+    m, t = load_model("digits"), {}
+    t0 = time.perf_counter()
+    x = generate(m.unet, n, timestep_subset(5, m.T), m.alphas_cumprod, m.sample_shape, progress=False)
+    t["sampling"] = time.perf_counter() - t0
+    for space in ("digits-a", "digits-b"):
+        f = get_feature_extractor(space)
+        real = reference_features("digits", "all", space, f)
+        t0 = time.perf_counter()
+        gen = embed(f, x)
+        t[f"embedding ({space})"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        score_features(f, gen, real)
+        t[f"scores ({space})"] = time.perf_counter() - t0
+    total = sum(t.values())
+    print(f"\none evaluation seed, {n} samples, by part ({total:.1f} s):")
+    for name, seconds in t.items():
+        print(f"  {name:24s} {seconds:6.2f} s  {seconds / total:6.1%}")
 
 
 if __name__ == "__main__":
