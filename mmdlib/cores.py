@@ -6,9 +6,10 @@ Two runs at once on two cores, each with torch's default two threads, ran at 0.2
 evaluation's sampling) it registers in a folder of the machine's active mmdlib runs, and between steps
 (``rebalance``) takes the cores divided among them: alone, all of them; beside another run, half.
 ``MMDLIB_THREADS=n`` fixes the count; an ``OMP_NUM_THREADS`` set by the caller (the book's build gives each
-kernel its share), or a count the program set with ``torch.set_num_threads``, is respected as it is. The thread count changes the last bits of a finetune's weights
-(sums split across threads add in another order), never a printed digit we have seen; a run that must be
-bit-reproducible whatever runs beside it sets ``MMDLIB_THREADS``.
+computation one thread), or a count the program set with ``torch.set_num_threads``, is respected as it is. The
+thread count changes the last bits of a finetune's weights (sums split across threads add in another order):
+usually no printed digit, but learning the timesteps with the weights amplifies those bits into other FIDs
+(benchmarks/RESULTS.md). A run that must be bit-reproducible whatever runs beside it sets ``MMDLIB_THREADS``.
 """
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def test_mmdlib_threads_fixes_the_count_and_omp_num_threads_is_left_alone(machin
     monkeypatch.setenv("MMDLIB_THREADS", "3")
     assert cores.fair_threads() == 3
     monkeypatch.delenv("MMDLIB_THREADS")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the caller's choice (the book's build gives each kernel its share)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the caller's choice (the book's build gives each kernel one thread)
     assert cores.fair_threads() is None
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert cores.fair_threads() == 4  # this process is not registered: the other run alone is counted
