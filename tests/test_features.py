@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mmdlib
+from mmdlib.cores import threads
 from mmdlib.features import get_feature_extractor
 
 
@@ -143,12 +144,8 @@ def test_digit_nets_train_on_the_cpu_under_one_thread_even_with_a_gpu(tmp_path, 
     sent, seen, real = fake_cuda(monkeypatch), [], classifiers.train_digits_net
     monkeypatch.setattr(classifiers, "train_digits_net",
                         lambda cfg, device: seen.append((torch.get_num_threads(), str(device))) or real(cfg, device))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # whatever the process runs with (the test workers' one thread included)
-    try:
+    with threads(2):  # whatever the process runs with (the test workers' one thread included)
         get_feature_extractor("digits-a")
-    finally:
-        torch.set_num_threads(before)
     assert seen == [(1, "cpu")] and not sent
     keys = [json.loads(p.read_text()) for p in (tmp_path / "digits-net").glob("*/config.json")]
     assert [k["threads"] for k in keys] == [1] and "device" not in keys[0]
